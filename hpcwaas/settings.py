@@ -1,0 +1,81 @@
+"""The one settings object of hpcwaas (environment prefix ``HPCWAAS_``).
+
+Nothing else in the code base reads ``os.environ``: components take the values they need from
+:func:`get_settings` (or from an explicit ``Settings`` instance handed to them in tests).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Machine-wide on purpose: the stack binds fixed loopback ports, so every clone shares one stack.
+DEFAULT_STACK_DIR = Path("/var/tmp/hpcwaas-stack")  # noqa: S108
+
+
+class Settings(BaseSettings):
+    """Typed configuration for the gateway, the deployer, the pipelines and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCWAAS_", env_file=None, extra="ignore")
+
+    # Where the gateway keeps its own files (SQLite database, deployer state) by default.
+    home: Path = Field(default=Path.home() / ".local" / "share" / "hpcwaas")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite file under `home` when unset."
+    )
+
+    vault_addr: str = "http://127.0.0.1:18200"
+    vault_token: SecretStr | None = None
+    vault_token_file: Path | None = Field(
+        default=None, description="File holding the gateway's Vault token (read at start)."
+    )
+    vault_mount: str = "hpcwaas"
+    vault_timeout: float = 5.0
+
+    ssh_connect_timeout: float = 10.0
+    ssh_command_timeout: float = 600.0
+
+    token_ttl_days: int = Field(default=90, ge=1, le=3650)
+
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 18000
+    log_level: str = "INFO"
+
+    # The local stack (development, tests, demo).
+    stack_dir: Path = DEFAULT_STACK_DIR
+
+    # The CLI: where the gateway is and which token to use (overrides the CLI's config file).
+    url: str | None = None
+    token: SecretStr | None = None
+    cli_config: Path = Field(default=Path.home() / ".config" / "hpcwaas" / "cli.json")
+
+    @field_validator("vault_mount")
+    @classmethod
+    def _mount_is_a_plain_name(cls, value: str) -> str:
+        if not value or not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("vault_mount must be a plain mount name (letters, digits, - and _)")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'hpcwaas.db'}"
+
+    def vault_token_value(self) -> str | None:
+        """The gateway's Vault token, from the setting or the token file."""
+        if self.vault_token is not None:
+            return self.vault_token.get_secret_value()
+        if self.vault_token_file is not None and self.vault_token_file.exists():
+            return self.vault_token_file.read_text().strip() or None
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

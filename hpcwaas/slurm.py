@@ -1,0 +1,285 @@
+"""Slurm over SSH: submit, find by tag, follow, cancel and read the output of batch jobs.
+
+Job scripts travel on sbatch's standard input, and every option is a separate, validated argument
+(``shlex.join``), so no user value is ever interpolated into a shell line. Jobs carry a tag in
+``--comment`` so that a resumed run can find a job it already submitted instead of submitting it
+twice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, field_validator
+
+from hpcwaas.errors import SchedulerError
+from hpcwaas.ssh import SSHSession
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,/-]{0,127}$")
+_PATH = re.compile(r"^[A-Za-z0-9_./%@+-][A-Za-z0-9_./%@+=,-]{0,1023}$")
+
+
+class JobState(StrEnum):
+    """Slurm job states (the base state, without flags such as ``CANCELLED by 0``)."""
+
+    PENDING = "PENDING"
+    CONFIGURING = "CONFIGURING"
+    RUNNING = "RUNNING"
+    COMPLETING = "COMPLETING"
+    SUSPENDED = "SUSPENDED"
+    REQUEUED = "REQUEUED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    PREEMPTED = "PREEMPTED"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, text: str) -> JobState:
+        """Map Slurm's state text (``CANCELLED by 1001``, ``RUNNING+``) to a state."""
+        base = text.strip().split()[0].rstrip("+") if text.strip() else ""
+        try:
+            return cls(base)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the job will not change state any more."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.NODE_FAIL,
+        JobState.OUT_OF_MEMORY,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+    }
+)
+
+
+class JobSpec(BaseModel):
+    """What to submit. Every value is validated against a strict pattern before it reaches sbatch."""
+
+    script: str = Field(min_length=1, max_length=1_000_000, description="The batch script, with #! line.")
+    name: str = "hpcwaas"
+    comment: str | None = Field(default=None, description="Tag used to find the job again.")
+    partition: str | None = None
+    time_limit: str | None = Field(default=None, description="Slurm time, e.g. 10, 05:00, 1-00:00:00.")
+    ntasks: int | None = Field(default=None, ge=1, le=100_000)
+    cpus_per_task: int | None = Field(default=None, ge=1, le=1024)
+    mem_mb: int | None = Field(default=None, ge=1)
+    chdir: str | None = None
+    output: str | None = Field(default=None, description="stdout path (Slurm patterns such as %j allowed).")
+    error: str | None = None
+
+    @field_validator("script")
+    @classmethod
+    def _shebang(cls, v: str) -> str:
+        if not v.startswith("#!"):
+            raise ValueError("a batch script must start with a #! line, e.g. #!/bin/bash")
+        return v
+
+    @field_validator("name", "partition")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError("use 1-64 letters, digits, '_', '.', '+' or '-'")
+        return v
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None and not _TIME.fullmatch(v):
+            raise ValueError("use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+    @field_validator("comment")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        if v is not None and not _TAG.fullmatch(v):
+            raise ValueError("tags use letters, digits and _.:=,/- only")
+        return v
+
+    @field_validator("chdir", "output", "error")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not _PATH.fullmatch(v) or "/../" in f"/{v}/"):
+            raise ValueError("paths use letters, digits and _./%@+=,- only, without '..'")
+        return v
+
+    def sbatch_args(self) -> list[str]:
+        """The sbatch options for this spec (the script itself goes on stdin)."""
+        args = ["--parsable", f"--job-name={self.name}"]
+        for flag, value in (
+            ("--comment", self.comment),
+            ("--partition", self.partition),
+            ("--time", self.time_limit),
+            ("--ntasks", self.ntasks),
+            ("--cpus-per-task", self.cpus_per_task),
+            ("--mem", f"{self.mem_mb}M" if self.mem_mb else None),
+            ("--chdir", self.chdir),
+            ("--output", self.output),
+            ("--error", self.error),
+        ):
+            if value is not None:
+                args.append(f"{flag}={value}")
+        return args
+
+
+@dataclass
+class JobInfo:
+    """What Slurm says about a job."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    name: str | None = None
+    comment: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A Slurm partition as sinfo shows it."""
+
+    name: str
+    default: bool
+    available: bool
+    time_limit: str
+    nodes: int
+
+
+def _parse_exit(text: str) -> tuple[int | None, int | None]:
+    m = re.fullmatch(r"(\d+):(\d+)", text.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def _check_job_id(job_id: str) -> str:
+    if not re.fullmatch(r"\d+(_\d+)?", job_id):
+        raise SchedulerError(f"not a Slurm job id: {job_id!r}")
+    return job_id
+
+
+class Slurm:
+    """Slurm commands run through an open SSH session as the session's login."""
+
+    def __init__(self, session: SSHSession) -> None:
+        self.session = session
+
+    def version(self) -> str:
+        """The scheduler's version, e.g. ``slurm 22.05.8``."""
+        return self.session.run(["sinfo", "--version"], check=True, timeout=60).stdout.strip()
+
+    def partitions(self) -> list[Partition]:
+        """The partitions the login can see."""
+        out = self.session.run(["sinfo", "-h", "-o", "%P|%a|%l|%D"], check=True, timeout=60).stdout
+        parts = []
+        for line in out.splitlines():
+            name, avail, limit, nodes = [*line.split("|"), "", "", "", "0"][:4]
+            parts.append(
+                Partition(name.rstrip("*"), name.endswith("*"), avail == "up", limit, int(nodes or 0))
+            )
+        return parts
+
+    def submit(self, spec: JobSpec) -> str:
+        """Submit a job and return its id."""
+        result = self.session.run(["sbatch", *spec.sbatch_args()], input=spec.script, timeout=120)
+        if result.exit_code != 0:
+            raise SchedulerError(
+                f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}",
+                stderr=result.stderr[-4000:],
+            )
+        job_id = result.stdout.strip().split(";")[0]
+        return _check_job_id(job_id)
+
+    def submit_and_wait(self, spec: JobSpec, timeout: float = 3600) -> tuple[str, int]:
+        """Submit with ``sbatch --wait``; return the job id and sbatch's exit code (the job's)."""
+        result = self.session.run(["sbatch", "--wait", *spec.sbatch_args()], input=spec.script, timeout=timeout)
+        job_id = result.stdout.strip().split(";")[0].strip()
+        if not re.fullmatch(r"\d+", job_id):
+            raise SchedulerError(
+                f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}",
+                stderr=result.stderr[-4000:],
+            )
+        return job_id, result.exit_code
+
+    def find_by_comment(self, comment: str) -> list[str]:
+        """Ids of this login's jobs (queued, running or recorded in accounting) with this tag."""
+        JobSpec(script="#!", comment=comment)  # validates the tag
+        ids: set[str] = set()
+        queued = self.session.run(["squeue", "-h", "--me", "-o", "%i|%k"], timeout=60)
+        for line in queued.stdout.splitlines():
+            jid, _, tag = line.partition("|")
+            if tag.strip() == comment:
+                ids.add(jid.strip())
+        acct = self.session.run(
+            ["sacct", "-n", "-P", "-X", "--starttime=now-7days", "--format=JobID,Comment"], timeout=60
+        )
+        if acct.exit_code == 0:
+            for line in acct.stdout.splitlines():
+                jid, _, tag = line.partition("|")
+                if tag.strip() == comment:
+                    ids.add(jid.strip())
+        return sorted(ids, key=lambda j: int(j.split("_")[0]))
+
+    def status(self, job_id: str) -> JobInfo:
+        """The job's state: live from scontrol, then from accounting once it has left the queue."""
+        _check_job_id(job_id)
+        live = self.session.run(["scontrol", "show", "job", "-o", job_id], timeout=60)
+        if live.exit_code == 0 and live.stdout.strip():
+            fields = dict(
+                tok.split("=", 1) for tok in re.split(r" (?=[A-Za-z:/]+=)", live.stdout.strip()) if "=" in tok
+            )
+            exit_code, signal = _parse_exit(fields.get("ExitCode", ""))
+            return JobInfo(
+                job_id=job_id,
+                state=JobState.parse(fields.get("JobState", "")),
+                exit_code=exit_code,
+                signal=signal,
+                reason=fields.get("Reason"),
+                name=fields.get("JobName"),
+                comment=fields.get("Comment"),
+                stdout_path=fields.get("StdOut"),
+                stderr_path=fields.get("StdErr"),
+            )
+        acct = self.session.run(
+            ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=JobID,State,ExitCode,JobName,Comment"],
+            timeout=60,
+        )
+        for line in acct.stdout.splitlines():
+            jid, state, code, name, comment = [*line.split("|"), "", "", "", "", ""][:5]
+            if jid == job_id:
+                exit_code, signal = _parse_exit(code)
+                return JobInfo(job_id, JobState.parse(state), exit_code, signal, None, name, comment or None)
+        raise SchedulerError(f"Slurm does not know job {job_id}", job_id=job_id)
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job (no error if it already ended)."""
+        result = self.session.run(["scancel", _check_job_id(job_id)], timeout=60)
+        if result.exit_code != 0 and "already completing or completed" not in result.stderr:
+            raise SchedulerError(f"scancel failed: {result.stderr.strip()}", job_id=job_id)
+
+    def tail(self, path: str, lines: int = 50) -> str:
+        """The last lines of a file on the site (empty when it does not exist)."""
+        result = self.session.run(["tail", "-n", str(int(lines)), "--", path], timeout=60)
+        return result.stdout if result.exit_code == 0 else ""
