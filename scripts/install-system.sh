@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Install the system packages and site users the local stack needs (Debian 12, as root).
+#
+# Idempotent and quick when everything is already there: apt is only touched (and
+# `apt-get update` only run) when a package is missing. The daemons are NOT started here:
+# `python -m hpcwaas.stack up` starts them with private state, sockets and ports.
+set -euo pipefail
+
+PACKAGES=(
+    openssh-server openssh-client
+    slurm-wlm slurmctld slurmd slurm-client slurmdbd munge
+    mariadb-server mariadb-client
+    postgresql-15 postgresql-client-15
+    procps iproute2 ca-certificates
+)
+SITE_USERS=(sciuser1 sciuser2)
+
+log() { printf '[install-system] %s\n' "$*"; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-system.sh must run as root (it installs packages and creates users)." >&2
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    # No systemd here, and apt would otherwise try to start sshd on :22, MariaDB, munge and the
+    # Debian PostgreSQL cluster through init scripts. Deny service starts for the duration of
+    # the install unless the machine already has a policy (containers usually do).
+    added_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    trap '[[ $added_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    log "packages installed"
+else
+    log "all packages present"
+fi
+
+for user in "${SITE_USERS[@]}"; do
+    if ! id -u "$user" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash "$user"
+        log "created user $user"
+    fi
+    # useradd leaves the password field as "!" (locked); with UsePAM no, sshd refuses locked
+    # accounts even for key logins. "*" means "no password" without locking the account.
+    if [[ $(getent shadow "$user" | cut -d: -f2) != '*' ]]; then
+        usermod -p '*' "$user"
+    fi
+    home=$(getent passwd "$user" | cut -d: -f6)
+    group=$(id -gn "$user")
+    [[ -d $home ]] || install -d -m 755 -o "$user" -g "$group" "$home"
+    install -d -m 700 -o "$user" -g "$group" "$home/.ssh"
+done
+log "site users ready: ${SITE_USERS[*]}"
