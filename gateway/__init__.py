@@ -1,0 +1,1 @@
+"""The hpcwaas gateway: the REST service, its persistence and its execution engine."""

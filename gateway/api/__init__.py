@@ -1,0 +1,1 @@
+"""The REST adapter: routes per resource, dependencies and the one error mapping."""

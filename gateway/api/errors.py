@@ -1,0 +1,114 @@
+"""The one place where errors become HTTP responses, all with the same body shape.
+
+Internal errors are logged with their traceback and answered with a generic 500 that carries
+the request id, never the traceback itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import errors as gw
+from hpcwaas import errors as common
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class decides the status.
+STATUS: list[tuple[type[common.HpcwaasError], int]] = [
+    (gw.NotAuthenticated, 401),
+    (gw.PermissionDenied, 403),
+    (gw.NotFound, 404),
+    (common.SecretNotFound, 404),
+    (gw.Conflict, 409),
+    (common.HostKeyMismatch, 409),
+    (gw.InvalidInput, 422),
+    (common.InvalidKey, 422),
+    (common.AuthenticationFailed, 422),
+    (common.SchedulerError, 422),
+    (common.RemoteCommandFailed, 502),
+    (gw.DatabaseUnavailable, 503),
+    (common.VaultUnavailable, 503),
+    (common.SiteUnreachable, 503),
+    (common.SSHError, 502),
+    (common.VaultError, 502),
+]
+
+
+def status_for(exc: common.HpcwaasError) -> int:
+    """The HTTP status of an hpcwaas error."""
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, hint: str | None = None, details: Any = None
+) -> JSONResponse:
+    """A response in the API's one error shape."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if hint:
+        body["hint"] = hint
+    if details:
+        body["details"] = details
+    body["request_id"] = getattr(request.state, "request_id", None)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _safe_context(context: dict[str, Any]) -> dict[str, Any]:
+    # Context is built by our own code from non-secret values; stderr can be long.
+    return {k: (v[-4000:] if isinstance(v, str) else v) for k, v in context.items()}
+
+
+def install(app: FastAPI) -> None:
+    """Register the exception handlers on the app."""
+
+    @app.exception_handler(common.HpcwaasError)
+    async def _hpcwaas(request: Request, exc: common.HpcwaasError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500 and status != 503:
+            log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
+        return error_response(request, status, exc.code, exc.message, exc.hint, _safe_context(exc.context))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "", "message": "invalid request"}
+        return error_response(
+            request, 422, "validation_error", f"invalid {first['field']}: {first['message']}", details=problems
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return error_response(
+            request, 503, "database_unavailable", "the database is unavailable", "retry shortly; operators: check it"
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return error_response(request, 503, "database_unavailable", "the database connection was lost")
+        log.exception("database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(request, 500, "internal_error", "internal error; quote the request id to an operator")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(request, 500, "internal_error", "internal error; quote the request id to an operator")

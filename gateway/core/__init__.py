@@ -1,0 +1,1 @@
+"""Gateway core: configuration, database and security primitives."""

@@ -1,0 +1,75 @@
+"""The gateway application factory (``uvicorn gateway.main:app`` or ``waas serve``)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from gateway.api import errors
+from gateway.api.routes import health, jobs, sites, ssh_keys, tokens, users
+from gateway.core.config import Settings, get_settings
+from gateway.core.db import make_engine, make_session_factory, redacted
+from hpcwaas import __version__
+from hpcwaas.vault import Vault
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The database schema must be current (``waas db upgrade``; ``waas serve`` does it)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.effective_database_url)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        app.state.vault = Vault.from_settings(settings)
+        log.info("gateway up: database %s, vault %s", redacted(settings.effective_database_url), settings.vault_addr)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="hpcwaas",
+        version=__version__,
+        summary="HPC Workflows as a Service: deploy HPC workflows once, invoke them over REST.",
+        lifespan=lifespan,
+        responses={
+            401: {"model": errors_model(), "description": "No token, or an unknown, expired or revoked one"},
+            422: {"model": errors_model(), "description": "Invalid input; the message names the field"},
+        },
+    )
+    errors.install(app)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return errors.error_response(
+                request, 413, "payload_too_large", f"request body over {MAX_BODY_BYTES // (1024 * 1024)} MiB"
+            )
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    for module in (health, users, tokens, sites, jobs, ssh_keys):
+        app.include_router(module.router)
+    return app
+
+
+def errors_model() -> type:
+    from gateway.schemas.common import ErrorBody
+
+    return ErrorBody
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory gateway.main:app_from_env``."""
+    return create_app()

@@ -1,0 +1,1 @@
+"""Persistence: ORM models, repositories and Alembic migrations."""

@@ -1,0 +1,50 @@
+"""SSH credentials: the private half never leaves Vault, so no model here carries it out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from gateway.schemas.common import Login, Name, ORMModel, SiteName
+
+
+class SSHKeyCreate(BaseModel):
+    name: Name | None = Field(default=None, description="Defaults to the key type and date.")
+    type: Literal["ed25519", "rsa"] = "ed25519"
+    bits: int = Field(default=4096, ge=3072, le=8192, description="RSA only.")
+    login: Login | None = Field(default=None, description="Default site user this key logs in as.")
+
+
+class SSHKeyImport(BaseModel):
+    name: Name | None = None
+    private_key: SecretStr = Field(description="OpenSSH or PEM private key; stored only in Vault.")
+    passphrase: SecretStr | None = None
+    login: Login | None = None
+
+
+class SSHKeyOut(ORMModel):
+    id: str
+    name: str
+    key_type: str
+    public_key: str
+    fingerprint: str
+    login: str | None
+    origin: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class SSHKeyCheck(BaseModel):
+    site: SiteName
+    login: Login | None = Field(default=None, description="Site user; defaults to the key's login.")
+
+
+class SSHKeyCheckResult(BaseModel):
+    ok: Literal[True] = True
+    site: str
+    login: str
+    remote_user: str
+    scheduler_version: str
+    host_key_fingerprint: str

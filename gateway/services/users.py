@@ -1,0 +1,131 @@
+"""Users, roles and API tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.core.security import display_prefix, hash_token, new_token
+from gateway.errors import Conflict, NotAuthenticated, NotFound, PermissionDenied
+from gateway.persistence import repositories as repo
+from gateway.persistence.models import ApiToken, Role, User, utcnow
+from gateway.schemas.users import TokenCreate, UserCreate, UserUpdate
+
+# Writing last_used_at on every request would turn every read into a write.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def create_user(db: Session, data: UserCreate) -> User:
+    """Create a user; the username must be free."""
+    if repo.user_by_username(db, data.username) is not None:
+        raise Conflict(f"user {data.username!r} already exists", field="username")
+    user = User(username=data.username, role=data.role, full_name=data.full_name, email=data.email)
+    db.add(user)
+    try:
+        db.commit()
+    except IntegrityError as exc:  # a concurrent request took the name
+        db.rollback()
+        raise Conflict(f"user {data.username!r} already exists", field="username") from exc
+    return user
+
+
+def get_user(db: Session, user_id: str) -> User:
+    user = repo.user_by_id(db, user_id) or repo.user_by_username(db, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id!r} does not exist")
+    return user
+
+
+def list_users(db: Session) -> Sequence[User]:
+    return repo.list_users(db)
+
+
+def update_user(db: Session, actor: User, user_id: str, data: UserUpdate) -> User:
+    """Change a user's role, details or disabled flag (admins only, enforced by the route)."""
+    user = get_user(db, user_id)
+    changes = data.model_dump(exclude_unset=True)
+    demotes_admin = user.role == Role.ADMIN and (
+        changes.get("role", Role.ADMIN) != Role.ADMIN or changes.get("disabled") is True
+    )
+    if demotes_admin and repo.count_admins(db) <= 1:
+        raise Conflict("this is the last admin: create another admin first")
+    if user.id == actor.id and changes.get("disabled") is True:
+        raise Conflict("you cannot disable yourself")
+    for name, value in changes.items():
+        setattr(user, name, value)
+    db.commit()
+    return user
+
+
+def issue_token(db: Session, user: User, data: TokenCreate, default_ttl_days: int) -> tuple[ApiToken, str]:
+    """Create a token for the user; returns the record and the token (shown once)."""
+    token = new_token()
+    days = data.expires_in_days or default_ttl_days
+    record = ApiToken(
+        user_id=user.id,
+        name=data.name,
+        prefix=display_prefix(token),
+        token_hash=hash_token(token),
+        expires_at=utcnow() + timedelta(days=days),
+    )
+    db.add(record)
+    db.commit()
+    return record, token
+
+
+def list_tokens(db: Session, user: User) -> Sequence[ApiToken]:
+    return repo.tokens_of(db, user.id)
+
+
+def revoke_token(db: Session, actor: User, token_id: str) -> ApiToken:
+    """Revoke a token: its owner or an admin may."""
+    record = repo.token_by_id(db, token_id)
+    if record is None or (record.user_id != actor.id and actor.role != Role.ADMIN):
+        raise NotFound(f"token {token_id!r} does not exist")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        db.commit()
+    return record
+
+
+def authenticate(db: Session, token: str) -> User:
+    """The user a bearer token belongs to; NotAuthenticated if unknown, expired or revoked."""
+    record = repo.token_by_hash(db, hash_token(token))
+    if record is None:
+        raise NotAuthenticated("the token is not valid", hint="create a token with 'waas tokens create'")
+    now = utcnow()
+    if record.revoked_at is not None:
+        raise NotAuthenticated("the token was revoked", hint="ask for a new token")
+    if record.expires_at <= now:
+        raise NotAuthenticated("the token has expired", hint="ask for a new token")
+    if record.user.disabled:
+        raise NotAuthenticated("the account is disabled", hint="contact an administrator")
+    if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
+        record.last_used_at = now
+        db.commit()
+    return record.user
+
+
+def require_role(user: User, *roles: Role) -> None:
+    """Raise PermissionDenied unless the user has one of the roles (admins always pass)."""
+    if user.role != Role.ADMIN and user.role not in roles:
+        allowed = ", ".join(sorted({"admin", *(r.value for r in roles)}))
+        raise PermissionDenied(f"this needs the role {allowed}; you are {user.role.value}")
+
+
+def bootstrap_admin(db: Session, username: str, ttl_days: int) -> tuple[User, str, bool]:
+    """Create the first admin if there is none, and issue it a fresh token.
+
+    Returns the admin, the token, and whether the admin was created now. Running it again
+    re-issues a token for the existing admin: whoever can run it already controls the database.
+    """
+    admin = repo.first_admin(db)
+    created = False
+    if admin is None:
+        admin = create_user(db, UserCreate(username=username, role=Role.ADMIN))
+        created = True
+    _, token = issue_token(db, admin, TokenCreate(name="bootstrap"), ttl_days)
+    return admin, token, created

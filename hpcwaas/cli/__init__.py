@@ -1,0 +1,68 @@
+"""The ``waas`` command line: a thin adapter over the REST API and the components' own CLIs."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from hpcwaas.cli import admin, sites, users
+from hpcwaas.cli._common import State, console, emit, fields, load_config, save_config
+
+app = typer.Typer(
+    help="hpcwaas: HPC Workflows as a Service.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold tokens
+)
+config = typer.Typer(help="Where the gateway is and which token to use.", no_args_is_help=True)
+
+
+@app.callback()
+def _root(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    State.json_output = json_output
+
+
+@config.command("set")
+def config_set(url: str = typer.Option(None, help="Gateway URL."),
+               token: str = typer.Option(None, help="API token (use '-' to read it from stdin).")) -> None:
+    """Save the gateway URL and/or token (file mode 0600)."""
+    values = {}
+    if url:
+        values["url"] = url
+    if token:
+        values["token"] = input().strip() if token == "-" else token
+    path = save_config(values)
+    console.print(f"saved {', '.join(values) or 'nothing'} to {path}")
+
+
+@config.command("show")
+def config_show() -> None:
+    """Show the configuration (the token is masked)."""
+    cfg = load_config()
+    shown = {"url": cfg.get("url"), "token": (cfg["token"][:11] + "...") if cfg.get("token") else None}
+    emit(shown, fields)
+
+
+app.add_typer(config, name="config")
+app.add_typer(admin.app, name="admin")
+app.add_typer(users.users, name="users")
+app.add_typer(users.tokens, name="tokens")
+app.add_typer(sites.sites, name="sites")
+app.add_typer(sites.keys, name="ssh-keys")
+app.add_typer(sites.jobs, name="jobs")
+
+# Component CLIs, mounted when their package (and its extra) is installed.
+for module_name, attr, name, help_text in (
+    ("hpcwaas.stack.cli", "app", "stack", "The local development stack."),
+    ("deployer.cli", "app", "tosca", "TOSCA topologies: validate, plan, deploy, run."),
+):
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        continue
+    app.add_typer(getattr(module, attr), name=name, help=help_text)
+
+
+def main() -> None:
+    """Entry point of ``waas``."""
+    app()

@@ -1,0 +1,106 @@
+"""What every CLI command shares: the gateway client from config, output, error reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpcwaas.client import ApiError, Client
+from hpcwaas.errors import HpcwaasError
+from hpcwaas.settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class State:
+    """Global options (set by the root callback)."""
+
+    json_output: bool = False
+
+
+def load_config() -> dict[str, str]:
+    """The CLI's saved URL and token (``waas config set``), overridden by HPCWAAS_URL/HPCWAAS_TOKEN."""
+    settings = get_settings()
+    data: dict[str, str] = {}
+    if settings.cli_config.exists():
+        data = json.loads(settings.cli_config.read_text())
+    if settings.url:
+        data["url"] = settings.url
+    if settings.token:
+        data["token"] = settings.token.get_secret_value()
+    data.setdefault("url", f"http://{settings.bind_host}:{settings.bind_port}")
+    return data
+
+
+def save_config(values: dict[str, str]) -> Path:
+    """Write the CLI config file, readable by its owner only (it holds a token)."""
+    path = get_settings().cli_config
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(values)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(current, fh, indent=2)
+    os.chmod(path, 0o600)
+    return path
+
+
+def client() -> Client:
+    """A client for the configured gateway."""
+    cfg = load_config()
+    return Client(cfg["url"], cfg.get("token"))
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Report hpcwaas errors as one readable line plus a hint, and exit 1."""
+    try:
+        yield
+    except ApiError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message} [dim]({exc.status} {exc.code})[/dim]")
+        if exc.hint:
+            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}")
+        if isinstance(exc.details, list):
+            for d in exc.details[:10]:
+                err_console.print(f"  - {d.get('field')}: {d.get('message')}")
+        raise typer.Exit(1) from None
+    except HpcwaasError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        if exc.hint:
+            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}")
+        raise typer.Exit(1) from None
+
+
+def emit(data: Any, human: Callable[[Any], None]) -> None:
+    """Print JSON with --json, else the human rendering."""
+    if State.json_output:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        human(data)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    """A rich table of the given columns."""
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    console.print(t)
+
+
+def fields(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
+    """Key: value lines."""
+    for k in keys or list(data):
+        v = data.get(k)
+        console.print(f"[bold]{k}[/bold]: {'' if v is None else v}")

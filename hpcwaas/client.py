@@ -1,0 +1,157 @@
+"""The Python SDK: a thin, typed client of the gateway's REST API (httpx).
+
+    from hpcwaas.client import Client
+    with Client("http://127.0.0.1:18000", token) as api:
+        key = api.create_ssh_key(login="sciuser1")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from hpcwaas.errors import HpcwaasError
+
+
+class ApiError(HpcwaasError):
+    """The gateway answered with an error (its message and hint are meant for people)."""
+
+    code = "api_error"
+
+    def __init__(self, status: int, code: str, message: str, hint: str | None = None,
+                 details: Any = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+        self.details = details
+
+    def __str__(self) -> str:
+        text = f"{self.message} [{self.status} {self.code}]"
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class Client:
+    """A gateway client. Every method returns the decoded JSON body or raises ApiError."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; decode JSON; turn error bodies into ApiError."""
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "gateway_unreachable", f"cannot reach the gateway at {self._http.base_url}: {exc}",
+                           hint="is it running? (waas serve, or make demo)") from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(resp.status_code, "http_error", resp.text[:500] or resp.reason_phrase) from None
+            raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", ""), err.get("hint"),
+                           err.get("details"))
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    # users and tokens
+    def me(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/users/me"))
+
+    def create_user(self, username: str, role: str = "scientist", **extra: Any) -> dict[str, Any]:
+        return dict(self.request("POST", "/users", json={"username": username, "role": role, **extra}))
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/users"))
+
+    def get_user(self, user: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/users/{user}"))
+
+    def update_user(self, user: str, **changes: Any) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/users/{user}", json=changes))
+
+    def create_token(self, name: str = "default", expires_in_days: int | None = None,
+                     user: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "expires_in_days": expires_in_days}
+        path = f"/users/{user}/tokens" if user else "/tokens"
+        return dict(self.request("POST", path, json=body))
+
+    def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/users/{user}/tokens" if user else "/tokens"))
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/tokens/{token_id}"))
+
+    # sites
+    def scan_host_keys(self, login_host: str, port: int = 22) -> list[dict[str, Any]]:
+        return list(self.request("POST", "/sites/host-keys", json={"login_host": login_host, "port": port}))
+
+    def register_site(self, **site: Any) -> dict[str, Any]:
+        return dict(self.request("POST", "/sites", json=site))
+
+    def list_sites(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/sites"))
+
+    def get_site(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/sites/{name}"))
+
+    def update_site(self, name: str, **changes: Any) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/sites/{name}", json=changes))
+
+    def delete_site(self, name: str) -> None:
+        self.request("DELETE", f"/sites/{name}")
+
+    def site_info(self, name: str, ssh_key: str, login: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", f"/sites/{name}/info", json={"ssh_key": ssh_key, "login": login}))
+
+    # ssh keys
+    def create_ssh_key(self, name: str | None = None, type: str = "ed25519", login: str | None = None,
+                       bits: int = 4096) -> dict[str, Any]:
+        body = {"name": name, "type": type, "login": login, "bits": bits}
+        return dict(self.request("POST", "/ssh_keys", json=body))
+
+    def import_ssh_key(self, private_key: str, name: str | None = None, passphrase: str | None = None,
+                       login: str | None = None) -> dict[str, Any]:
+        body = {"private_key": private_key, "name": name, "passphrase": passphrase, "login": login}
+        return dict(self.request("POST", "/ssh_keys/import", json=body))
+
+    def list_ssh_keys(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/ssh_keys"))
+
+    def get_ssh_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/ssh_keys/{key_id}"))
+
+    def delete_ssh_key(self, key_id: str) -> None:
+        self.request("DELETE", f"/ssh_keys/{key_id}")
+
+    def check_ssh_key(self, key_id: str, site: str, login: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", f"/ssh_keys/{key_id}/check", json={"site": site, "login": login}))
+
+    # ad-hoc jobs
+    def submit_job(self, site: str, ssh_key: str, script: str, *, login: str | None = None, wait: bool = False,
+                   **options: Any) -> dict[str, Any]:
+        body = {"ssh_key": ssh_key, "login": login, "script": script, "wait": wait, **options}
+        return dict(self.request("POST", f"/sites/{site}/jobs", json=body, timeout=None if wait else 120))
+
+    def job_status(self, site: str, job_id: str, ssh_key: str, login: str | None = None) -> dict[str, Any]:
+        params = {"ssh_key": ssh_key, **({"login": login} if login else {})}
+        return dict(self.request("GET", f"/sites/{site}/jobs/{job_id}", params=params))
+
+    def cancel_job(self, site: str, job_id: str, ssh_key: str, login: str | None = None) -> dict[str, Any]:
+        params = {"ssh_key": ssh_key, **({"login": login} if login else {})}
+        return dict(self.request("DELETE", f"/sites/{site}/jobs/{job_id}", params=params))
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/health"))
