@@ -1,0 +1,5 @@
+"""``python -m hpcwaas.stack``."""
+
+from hpcwaas.stack.cli import main
+
+main()
