@@ -45,3 +45,8 @@ def site(stack: StackInfo) -> SiteInfo:
     except OSError:
         pytest.fail(f"the site's sshd does not answer on {stack.site.host}:{stack.site.port}; {HINT}", pytrace=False)
     return stack.site
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the secret-leak search after everything else, so it sees what the suite left."""
+    items.sort(key=lambda item: item.module is not None and item.module.__name__.endswith("test_secret_leak"))

@@ -25,8 +25,14 @@ def info(db: Session, vault: Vault, user: User, site_name: str, access: SiteAcce
     return SiteInfo(site=site.name, login=login, scheduler_version=version, partitions=partitions)
 
 
-def _describe(site_name: str, login: str, job: JobInfo, ssh: SSHSession) -> JobOut:
+def _describe(site_name: str, login: str, job: JobInfo, ssh: SSHSession, spec: JobSpec | None = None) -> JobOut:
     slurm = Slurm(ssh)
+    if spec is not None and job.stdout_path is None:
+        # The job already left scontrol's memory: its paths follow from what we submitted.
+        def expand(pattern: str | None) -> str | None:
+            return pattern.replace("%x", spec.name).replace("%j", job.job_id) if pattern else None
+
+        job.stdout_path, job.stderr_path = expand(spec.output), expand(spec.error)
     out = JobOut(
         site=site_name,
         login=login,
@@ -64,7 +70,7 @@ def submit(db: Session, vault: Vault, user: User, site_name: str, data: JobSubmi
             job_id, _ = slurm.submit_and_wait(spec)
         else:
             job_id = slurm.submit(spec)
-        return _describe(site.name, login, slurm.status(job_id), ssh)
+        return _describe(site.name, login, slurm.status(job_id), ssh, spec)
 
 
 def status(db: Session, vault: Vault, user: User, site_name: str, job_id: str, access: SiteAccess,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.persistence import repositories as repo
-from gateway.persistence.models import Role, Site, SSHKey, User, utcnow
+from gateway.persistence.models import Role, Site, SSHKey, User, new_id, utcnow
 from gateway.schemas.ssh_keys import SSHKeyCheckResult, SSHKeyCreate, SSHKeyImport
 from gateway.services import sites as site_service
 from hpcwaas.errors import VaultError
@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 
 def _store(db: Session, vault: Vault, user: User, pair: KeyPair, name: str | None, login: str | None,
            origin: str) -> SSHKey:
-    name = name or f"{pair.public.key_type.removeprefix('ssh-')}-{utcnow():%Y%m%d-%H%M%S}"
+    key_id = new_id()
+    name = name or f"{pair.public.key_type.removeprefix('ssh-')}-{key_id[:8]}"
     if repo.ssh_key_by_name(db, user.id, name) is not None:
         raise Conflict(f"you already have a key named {name!r}", field="name")
     key = SSHKey(
+        id=key_id,
         user_id=user.id,
         name=name,
         key_type=pair.public.key_type,

@@ -1,0 +1,5 @@
+"""``python -m hpcwaas.cli`` is ``waas``."""
+
+from hpcwaas.cli import main
+
+main()

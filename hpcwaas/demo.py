@@ -1,0 +1,198 @@
+"""The main job of ``make demo``, run against the real local stack through the real gateway.
+
+An operator bootstraps an admin and registers the local site (pinning its host key); the admin
+creates a scientist and a token; the scientist creates an SSH key through the REST API and
+installs its public half on the site; then, through the gateway, with the key fetched from
+Vault, the scientist runs ``sinfo`` and a ``sbatch --wait`` job and reads its output.
+
+Run it with ``make demo`` (which starts the stack first) or ``python -m hpcwaas.demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from hpcwaas.client import ApiError, Client
+from hpcwaas.settings import get_settings
+from hpcwaas.stack.info import StackInfo, load_stack_info
+from hpcwaas.stack.process import port_open, read_pid, wait_until
+
+console = Console()
+PORT = 18000
+URL = f"http://127.0.0.1:{PORT}"
+SITE_USER = "sciuser1"
+
+JOB_SCRIPT = """#!/bin/bash
+#SBATCH --ntasks=1
+echo "job $SLURM_JOB_ID of $(whoami) on $(hostname), partition $SLURM_JOB_PARTITION"
+# something real: the primes below 10,000, counted with a sieve in awk
+awk 'BEGIN { n = 10000; for (i = 2; i <= n; i++) p[i] = 1
+             for (i = 2; i * i <= n; i++) if (p[i]) for (j = i * i; j <= n; j += i) p[j] = 0
+             c = 0; for (i = 2; i <= n; i++) c += p[i]; print "primes below " n ": " c }'
+date -u +"finished at %Y-%m-%dT%H:%M:%SZ"
+"""
+
+
+def step(n: int, text: str) -> None:
+    console.print(f"\n[bold cyan]{n}.[/bold cyan] [bold]{text}[/bold]")
+
+
+def gateway_env(stack: StackInfo) -> dict[str, str]:
+    """The demo gateway's settings: SQLite under the stack dir, the persistent (raft) OpenBao."""
+    vault = stack.vault("raft")
+    home = stack.stack_dir / "demo-gateway"
+    return {
+        **os.environ,
+        "HPCWAAS_HOME": str(home),
+        "HPCWAAS_VAULT_ADDR": vault.addr,
+        "HPCWAAS_VAULT_TOKEN_FILE": str(vault.gateway_token_file),
+        "HPCWAAS_VAULT_MOUNT": vault.mount,
+        "HPCWAAS_BIND_PORT": str(PORT),
+        "HPCWAAS_URL": URL,
+    }
+
+
+def start_gateway(stack: StackInfo) -> None:
+    """Start ``waas admin serve`` in the background (reused when it already answers)."""
+    run_dir = stack.stack_dir / "demo-gateway"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file, log_file = run_dir / "gateway.pid", run_dir / "gateway.log"
+    pid = read_pid(pid_file)
+    if pid is not None and port_open("127.0.0.1", PORT):
+        console.print(f"   gateway already running (pid {pid}) on {URL}")
+        return
+    if port_open("127.0.0.1", PORT):
+        raise SystemExit(f"port {PORT} is taken by another program; stop it and run make demo again")
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcwaas.cli", "admin", "serve"],
+            env=gateway_env(stack), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    t0 = time.monotonic()
+    wait_until(lambda: port_open("127.0.0.1", PORT) or proc.poll() is not None, 60, "the gateway to listen")
+    if proc.poll() is not None:
+        raise SystemExit(f"the gateway exited at start; see {log_file}")
+    console.print(f"   gateway started (pid {proc.pid}) on {URL} in {time.monotonic() - t0:.1f} s; log: {log_file}")
+
+
+def stop_gateway(stack_dir: Path) -> None:
+    """Stop the demo gateway, if running."""
+    pid = read_pid(stack_dir / "demo-gateway" / "gateway.pid")
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+
+
+def waas(stack: StackInfo, *args: str) -> Any:
+    """Run the ``waas`` CLI with the demo gateway's settings and return its JSON output."""
+    out = subprocess.run([sys.executable, "-m", "hpcwaas.cli", "--json", *args], env=gateway_env(stack),
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"waas {' '.join(args)} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def ensure(call: Any, *args: Any, exists: Any = None, **kwargs: Any) -> Any:
+    """Create something, or fetch it when it already exists (so the demo can run again)."""
+    try:
+        return call(*args, **kwargs)
+    except ApiError as exc:
+        if exc.status == 409 and exists is not None:
+            return exists()
+        raise
+
+
+def main() -> None:
+    stack = load_stack_info(get_settings().stack_dir)
+    if stack.site is None or stack.vault_raft is None:
+        raise SystemExit("the demo needs the stack with a site and the persistent OpenBao: make stack-up-demo")
+    site = stack.site
+    t_start = time.monotonic()
+    console.print(Panel.fit("hpcwaas demo: a scientist runs a Slurm job through the gateway", style="bold"))
+
+    step(1, "Start the gateway (SQLite database, persistent OpenBao)")
+    start_gateway(stack)
+
+    step(2, "Operator: bootstrap the first admin (waas admin bootstrap)")
+    boot = waas(stack, "admin", "bootstrap", "--username", "admin")
+    console.print(f"   admin [bold]{boot['username']}[/bold] ({'created' if boot['created'] else 'existing'}); "
+                  f"token {boot['token'][:11]}... (shown once)")
+    admin = Client(URL, boot["token"])
+
+    step(3, "Admin: register the local site, pinning its host key")
+    offered = admin.scan_host_keys(site.host, site.port)
+    published = next(k for k in offered if k["key"] == site.host_key)
+    console.print(f"   {site.host}:{site.port} offers {published['key_type']} {published['fingerprint']}")
+    console.print("   matches the fingerprint the site publishes (its sshd host key): [green]confirmed[/green]")
+    registered = ensure(
+        admin.register_site, name="local", login_host=site.host, port=site.port, partitions=site.partitions,
+        work_dir="/home/{login}/hpcwaas", host_key=published["key"],
+        description="Loopback site: OpenSSH login node and a one-node Slurm cluster",
+        exists=lambda: admin.get_site("local"),
+    )
+    if registered["host_key"] != published["key"]:
+        raise SystemExit("site 'local' is pinned to another host key: refusing to continue")
+    console.print(f"   site [bold]local[/bold] pinned to {registered['host_key_fingerprint']}")
+
+    step(4, "Admin: create the scientist 'alice' and a token for her")
+    alice_user = ensure(admin.create_user, "alice", "scientist", full_name="Alice Scientist",
+                        exists=lambda: admin.get_user("alice"))
+    alice_token = admin.create_token("demo", 1, user=alice_user["id"])["token"]
+    alice = Client(URL, alice_token)
+    console.print(f"   alice is {alice.me()['role']}; token {alice_token[:11]}...")
+
+    step(5, "Alice: create an SSH key through the REST API (private half goes to Vault only)")
+    for old in alice.list_ssh_keys():
+        if old["name"].startswith("demo-"):
+            alice.delete_ssh_key(old["id"])
+    key = alice.create_ssh_key(name=f"demo-{int(time.time())}", login=SITE_USER)
+    console.print(f"   key {key['id']} {key['fingerprint']}\n   public key: {key['public_key']}")
+
+    step(6, f"Alice installs the public key for site user {SITE_USER} (~/.ssh/authorized_keys)")
+    with tempfile.NamedTemporaryFile("w", suffix=".pub") as pub:
+        pub.write(key["public_key"] + "\n")
+        pub.flush()
+        subprocess.run([sys.executable, "-m", "hpcwaas.stack", "authorize-key", "--user", SITE_USER,
+                        "--public-key-file", pub.name], check=True, capture_output=True)
+    checked = alice.check_ssh_key(key["id"], "local")
+    console.print(f"   [green]login ok[/green]: {checked['remote_user']}@local, {checked['scheduler_version']}, "
+                  f"host key verified ({checked['host_key_fingerprint']})")
+
+    step(7, "Alice: sinfo on the site, through the gateway")
+    info = alice.site_info("local", key["id"])
+    table = Table("partition", "default", "state", "time limit", "nodes")
+    for p in info["partitions"]:
+        table.add_row(p["name"], "*" if p["default"] else "", "up" if p["available"] else "down",
+                      p["time_limit"], str(p["nodes"]))
+    console.print(table)
+
+    step(8, "Alice: sbatch --wait a job on the site, through the gateway")
+    t0 = time.monotonic()
+    with console.status("job queued and running on Slurm..."):
+        job = alice.submit_job("local", key["id"], JOB_SCRIPT, wait=True, name="demo")
+    console.print(f"   job {job['job_id']}: [bold]{job['state']}[/bold], exit code {job['exit_code']}, "
+                  f"{time.monotonic() - t0:.1f} s; output {job['stdout_path']}")
+    console.print(Panel(job["stdout_tail"].rstrip(), title=f"output of job {job['job_id']}", expand=False))
+    if job["state"] != "COMPLETED":
+        raise SystemExit(f"the job ended {job['state']}: {job.get('stderr_tail')}")
+
+    console.print(f"\n[bold green]demo complete[/bold green] in {time.monotonic() - t_start:.1f} s. "
+                  f"The gateway keeps running on {URL} (docs: {URL}/docs); `make stack-down` stops everything.")
+    console.print(f"Try it as alice (token valid one day): HPCWAAS_URL={URL} HPCWAAS_TOKEN={alice_token} "
+                  ".venv/bin/waas ssh-keys list")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""After the rest of the suite (and the demo, when it ran): private keys live only in Vault.
+
+Every SSH private key stored in the stack's OpenBao servers is read with the root token, and a
+distinctive piece of each is searched for in the gateway databases, the stack's files and logs
+(databases, Slurm and sshd logs, OpenBao's own storage, which is encrypted), the test
+artifacts, the gateway's home folders, and the command lines and environments of all processes.
+conftest.py runs this module last.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import hvac
+import pytest
+
+from hpcwaas.stack.info import StackInfo, VaultInfo
+
+MAX_FILE = 512 * 1024 * 1024
+
+
+def _stored_private_keys(info: VaultInfo) -> list[str]:
+    client = hvac.Client(url=info.addr, token=info.root_token())
+    kv = client.secrets.kv.v2
+    keys: list[str] = []
+    try:
+        users = kv.list_secrets(path="users", mount_point=info.mount)["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return keys
+    for user in users:
+        try:
+            ids = kv.list_secrets(path=f"users/{user.rstrip('/')}/ssh", mount_point=info.mount)["data"]["keys"]
+        except hvac.exceptions.InvalidPath:
+            continue
+        for key_id in ids:
+            secret = kv.read_secret_version(path=f"users/{user.rstrip('/')}/ssh/{key_id}", mount_point=info.mount,
+                                            raise_on_deleted_version=True)
+            keys.append(secret["data"]["data"]["private_key"])
+    return keys
+
+
+def _needle(private_key: str) -> bytes:
+    # The second-to-last body line of an OpenSSH PEM lies in the private section (never the
+    # public key blob, which sits at the start and is public anyway).
+    body = [line for line in private_key.strip().splitlines() if not line.startswith("-----")]
+    return body[-2].encode() if len(body) >= 2 else body[-1].encode()
+
+
+def _files(roots: list[Path]) -> Iterator[Path]:
+    for root in roots:
+        if not root.exists():
+            continue
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                path = Path(dirpath) / name
+                if path.is_file() and not path.is_symlink():
+                    yield path
+
+
+def test_private_keys_appear_nowhere_but_vault(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> None:
+    private_keys: list[str] = []
+    for flavour in ("dev", "raft"):
+        info = stack.vault_dev if flavour == "dev" else stack.vault_raft
+        if info is not None:
+            try:
+                private_keys += _stored_private_keys(info)
+            except Exception as exc:  # a stopped raft server is not a leak
+                if flavour == "dev":
+                    raise
+                print(f"skipping the raft OpenBao: {exc}")
+    assert private_keys, "the suite should have stored SSH keys in Vault before this test"
+    pattern = re.compile(b"|".join(re.escape(_needle(k)) for k in private_keys))
+
+    roots = [
+        stack.stack_dir,
+        tmp_path_factory.getbasetemp(),
+        Path.home() / ".local" / "share" / "hpcwaas",
+        Path(__file__).resolve().parents[1] / "test-artifacts",
+    ]
+    found: list[str] = []
+    scanned = 0
+    for path in _files(roots):
+        try:
+            if path.stat().st_size > MAX_FILE:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        scanned += 1
+        if pattern.search(data):
+            found.append(str(path))
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                data = Path(f"/proc/{pid}/{what}").read_bytes()
+            except OSError:
+                continue
+            if pattern.search(data):
+                found.append(f"/proc/{pid}/{what}")
+    assert scanned > 50, "the search should have covered the stack's files"
+    assert not found, f"private key material found outside Vault: {found}"
+
+
+def test_postgres_databases_hold_no_private_key(stack: StackInfo) -> None:
+    import psycopg
+
+    if stack.postgres is None or stack.vault_dev is None:
+        pytest.skip("no PostgreSQL or OpenBao in the stack")
+    needles = [_needle(k).decode() for k in _stored_private_keys(stack.vault_dev)]
+    with psycopg.connect(**stack.postgres.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
+        databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'hpcwaas%'")]
+    for db in databases:
+        with psycopg.connect(**stack.postgres.conninfo(db), autocommit=True) as conn:  # type: ignore[arg-type]
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            for table in tables:
+                rows = conn.execute(f'SELECT CAST(t AS text) FROM "{table}" AS t').fetchall()
+                text = "\n".join(r[0] for r in rows)
+                assert not any(n in text for n in needles), f"private key material in {db}.{table}"
