@@ -114,8 +114,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
         return
     table = Table(title="hpcwaas local stack")
-    for column in ("service", "process", "state", "pid", "address"):
-        table.add_column(column)
+    for column in ("service", "process", "state", "pid"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("address", overflow="fold")
     for row in rows:
         style = STATE_STYLE.get(row.state, "")
         table.add_row(row.service, row.process, f"[{style}]{row.state}[/{style}]",

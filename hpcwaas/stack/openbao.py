@@ -296,4 +296,9 @@ class OpenBaoRaft(_OpenBao):
 
     def storage_hcl(self) -> str:
         data = ensure_dir(self.dir / "raft", 0o700)
-        return f'storage "raft" {{\n  path    = "{data}"\n  node_id = "hpcwaas-stack"\n}}'
+        # performance_multiplier 1: the shortest election timeouts (one node, loopback); the
+        # default (5) makes the first init wait several seconds for a leader.
+        return (
+            f'storage "raft" {{\n  path    = "{data}"\n  node_id = "hpcwaas-stack"\n'
+            "  performance_multiplier = 1\n}"
+        )

@@ -201,6 +201,7 @@ class Daemon:
     # SIGTERM there waits for every client to disconnect.
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 15.0
+    stop_children: bool = False
 
     def exe_names(self) -> set[str]:
         """Accepted executable basenames: Debian installs some daemons through alternatives
@@ -309,28 +310,60 @@ class Daemon:
         return pid
 
     def stop(self) -> bool:
-        """Stop by pid: the stop signal, a wait, SIGKILL as a last resort. True if it was running."""
+        """Stop by pid: the stop signal, a wait, SIGKILL as a last resort. True if it was running.
+
+        With ``stop_children``, processes forked by the daemon (sshd sessions) are stopped too.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, self.stop_signal)
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline:
-            reap(pid)
-            if process_exe(pid) is None:
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-            def gone() -> bool:
-                reap(pid)
-                return process_exe(pid) is None
-
-            wait_until(gone, 5, f"{self.name} to die")
+        children = descendants(pid) if self.stop_children else []
+        terminate(pid, self.stop_signal, self.stop_timeout, self.name)
+        for child in children:
+            terminate(child, signal.SIGTERM, 5, f"{self.name} child {child}")
         # Daemons remove their own pid file on a clean exit, but not after SIGKILL.
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` in the process tree, deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def terminate(pid: int, sig: int, timeout: float, what: str) -> None:
+    """Send ``sig``, wait up to ``timeout`` seconds, then SIGKILL; returns once the process is gone."""
+
+    def gone() -> bool:
+        reap(pid)
+        return process_exe(pid) is None
+
+    if gone():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gone():
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(gone, 5, f"{what} to die")

@@ -109,3 +109,26 @@ def authorize_key(user: str, public_key: str) -> bool:
             os.close(fd)
     finally:
         os.close(dir_fd)
+
+
+def revoke_key(user: str, public_key: str) -> bool:
+    """Remove a public key from the user's authorized_keys; False if it was not there."""
+    key_id = " ".join(validate_public_key(public_key).split()[:2])
+    acct = account(user)
+    dir_fd = _open_no_follow_dir(acct.home / ".ssh", acct)
+    try:
+        try:
+            fd = os.open("authorized_keys", os.O_RDWR | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        with os.fdopen(fd, "r+") as handle:
+            lines = handle.read().splitlines(keepends=True)
+            kept = [x for x in lines if " ".join(x.split()[:2]) != key_id]
+            if len(kept) == len(lines):
+                return False
+            handle.seek(0)
+            handle.truncate()
+            handle.write("".join(kept))
+        return True
+    finally:
+        os.close(dir_fd)

@@ -12,9 +12,11 @@ next job id is taken from the database, so ``sacct -j N`` never mixes two jobs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
 from pathlib import Path
 
 from hpcwaas.stack.base import Service, register
@@ -22,10 +24,13 @@ from hpcwaas.stack.info import StackInfo
 from hpcwaas.stack.process import (
     Daemon,
     StackError,
+    descendants,
     ensure_dir,
     new_password,
+    process_exe,
     read_secret,
     run,
+    terminate,
     wait_until,
     write_file,
     write_secret,
@@ -361,6 +366,44 @@ innodb_lock_wait_timeout = 900
                 f"{exc.message}; see {self.log_dir}/slurmctld.log and slurmd.log",
                 hint="`python -m hpcwaas.stack down --only slurm` then `up` again",
             ) from exc
+
+    def down(self) -> list[str]:
+        """Cancel running jobs (recorded as CANCELLED), stop the daemons, then any job step left.
+
+        slurmstepd and the job's processes outlive slurmd by design; ``down`` stops them too.
+        """
+        if self._slurmctld().pid() is not None:
+            running = run(["squeue", "-h", "-t", "RUNNING,COMPLETING,CONFIGURING", "-o", "%i"],
+                          env=self.env(), check=False).stdout.split()
+            if running:
+                run(["scancel", *running], env=self.env(), check=False)
+                with contextlib.suppress(StackError):
+                    wait_until(lambda: not run(["squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i"],
+                                               env=self.env(), check=False).stdout.split(),
+                               10, "cancelled jobs to end", interval=0.2)
+        stopped = super().down()
+        for pid in self._job_steps():
+            # The job's processes first: the step daemon then finishes by itself.
+            for child in reversed(descendants(pid)):
+                terminate(child, signal.SIGKILL, 2, f"job process {child}")
+            terminate(pid, signal.SIGTERM, 5, f"slurmstepd {pid}")
+            if "slurmstepd" not in stopped:
+                stopped.append("slurmstepd")
+        return stopped
+
+    def _job_steps(self) -> list[int]:
+        """slurmstepd processes of *this* cluster: slurmd handed them our SLURM_CONF."""
+        marker = f"SLURM_CONF={self.slurm_conf}".encode()
+        names = {"slurmstepd", "slurmstepd-wlm"}  # Debian runs it through alternatives
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and process_exe(int(entry.name)) in names:
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
 
     def _node_ready(self) -> bool:
         out = run(["sinfo", "-h", "-N", "-n", "localhost", "-o", "%t"], env=self.env(), check=False).stdout

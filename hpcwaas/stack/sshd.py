@@ -41,6 +41,8 @@ class Sshd(Service):
                 # sshd rewrites its title but keeps the original arguments in it.
                 marker=str(self.config_file),
                 port=PORT,
+                # Open sessions outlive the listener otherwise; `down` means nothing of ours is left.
+                stop_children=True,
             )
         ]
 
