@@ -1,0 +1,5 @@
+"""``python -m deployer``: the deployer's command line."""
+
+from deployer.cli import main
+
+main()
