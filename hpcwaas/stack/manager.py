@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +71,22 @@ class Stack:
         """Start the services (concurrently: they do not depend on each other) and write stack.json."""
         if os.geteuid() != 0:
             raise StackError("the stack must be started as root (it runs sshd, Slurm and PostgreSQL)")
+        self._check_reachable()
         # The directory must be traversable by the site users (slurm.conf, munge socket) and postgres.
         ensure_dir(self.dir, 0o755)
         services = [self.service(n) for n in names]
         for service in services:
             service.check_installed()
+        with self._lock():
+            return self._up(services, on_start, on_done)
+
+    def _up(
+        self,
+        services: list[Service],
+        on_start: Callable[[str], None] | None,
+        on_done: Callable[[UpResult], None] | None,
+    ) -> list[UpResult]:
+        """Start ``services`` in threads (under the lock) and record what they offer."""
 
         def start(service: Service) -> UpResult:
             if on_start:
@@ -96,6 +109,27 @@ class Stack:
         self._write_info([s for s, r in zip(services, results, strict=True) if r.error is None])
         return results
 
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One `up`/`down` at a time per stack directory (two would race on pid files and ports)."""
+        ensure_dir(self.dir, 0o755)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another `up`/`down` runs
+            yield
+        finally:
+            os.close(fd)
+
+    def _check_reachable(self) -> None:
+        """Site users and the postgres user must be able to walk down to the stack directory."""
+        for parent in [*reversed(self.dir.parents), self.dir]:
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                raise StackError(
+                    f"{parent} is not traversable by other users, but site users need {self.dir}/slurm "
+                    "and PostgreSQL runs as `postgres`",
+                    hint="set HPCWAAS_STACK_DIR to a directory under /var/tmp or /srv (default /var/tmp/hpcwaas-stack)",
+                )
+
     def _write_info(self, services: list[Service]) -> None:
         try:
             info = load_stack_info(self.dir)
@@ -108,7 +142,10 @@ class Stack:
     def down(self, names: list[str] | None = None) -> dict[str, list[str]]:
         """Stop services (all registered ones by default); map service -> processes stopped."""
         targets = names or list(REGISTRY)
-        return {name: self.service(name).down() for name in reversed(targets)}
+        if not self.dir.exists():
+            return {}
+        with self._lock():
+            return {name: self.service(name).down() for name in reversed(targets)}
 
     def status(self, names: list[str] | None = None) -> list[ProcessStatus]:
         """One row per process of every (or the named) service."""

@@ -265,6 +265,11 @@ class Daemon:
         pid file; we wait for the launcher to return.
         """
         self.clear_stale()
+        if self.port is not None and port_open(self.host, self.port):
+            raise StackError(
+                f"{self.host}:{self.port} is already in use by another program, so {self.name} cannot start",
+                hint=f"find it with `ss -ltnp 'sport = :{self.port}'` and stop it",
+            )
         argv = [str(a) for a in args]
         full_env = {**_base_env(), **(env or {})}
         fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
