@@ -11,6 +11,7 @@ PACKAGES=(
     slurm-wlm slurmctld slurmd slurm-client slurmdbd munge
     mariadb-server mariadb-client
     postgresql-15 postgresql-client-15
+    python3 python3-venv
     procps iproute2 ca-certificates
 )
 SITE_USERS=(sciuser1 sciuser2)
