@@ -156,11 +156,20 @@ def read_yaml(path: Path, *, root: Path | None = None) -> YamlDocument:
     return parse_yaml(text, path, display=display)
 
 
-def resolve_inside(root: Path, relative: str, *, what: str, file: str | None = None, line: int | None = None) -> Path:
-    """``root / relative`` resolved, refused when it leaves ``root`` (``..``, absolute, symlink)."""
+def resolve_inside(
+    base: Path,
+    relative: str,
+    *,
+    what: str,
+    root: Path | None = None,
+    file: str | None = None,
+    line: int | None = None,
+) -> Path:
+    """``base / relative`` resolved, refused when it leaves ``root`` (default ``base``): ``..``, absolute, symlink."""
+    root = root or base
     if not relative or "\x00" in relative:
         raise TemplateError(Issue(f"{what} path is empty or invalid", file=file, line=line))
-    candidate = (root / relative).resolve()
+    candidate = (base / relative).resolve()
     if not candidate.is_relative_to(root.resolve()):
         raise TemplateError(Issue(f"{what} {relative!r} points outside the template folder", file=file, line=line))
     return candidate

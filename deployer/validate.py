@@ -200,7 +200,7 @@ def _import_files(
             )
             continue
         try:
-            path = resolve_inside(doc.file.parent, spec, what="import", file=display, line=line)
+            path = resolve_inside(doc.file.parent, spec, what="import", root=root, file=display, line=line)
             if not path.is_relative_to(root):
                 raise TemplateError(Issue(f"import {spec!r} points outside the package", file=display, line=line))
         except TemplateError as exc:
@@ -229,6 +229,9 @@ def _parser_dict(data: dict[str, Any], imports: list[str]) -> dict[str, Any]:
     out["imports"] = imports
     topo = dict(out.get("topology_template") or {})
     topo.pop("workflows", None)  # TOSCA 1.3 workflows: tosca-parser rejects them; checked here
+    # Outputs: tosca-parser only knows operations written in the node template (not inherited
+    # ones) when it checks get_operation_output; our own function check covers outputs.
+    topo.pop("outputs", None)
     inputs = topo.get("inputs")
     if isinstance(inputs, dict):
         # TOSCA 1.3 parameter metadata (our secret marker) is unknown to tosca-parser.
@@ -434,13 +437,8 @@ def _properties(registry: Registry, chain: list[TypeDef], given: dict[str, Any])
             out[name] = _datatype_defaults(registry, str(pdef.get("type", "")), given[name])
         elif "default" in pdef:
             out[name] = _datatype_defaults(registry, str(pdef.get("type", "")), pdef["default"])
-        elif (
-            isinstance(pdef.get("type"), str)
-            and registry.types.get(pdef["type"], None) is not None
-            and registry.types[pdef["type"]].kind == "data_types"
-            and pdef.get("required", True) is False
-        ):
-            continue
+        else:
+            out[name] = None  # declared but unset: get_property gives null, as TOSCA says
     for name, value in given.items():
         out.setdefault(name, value)
     return out
@@ -496,7 +494,9 @@ def _implementation(
     path: Path | None = None
     if file is not None and executor.needs_file:
         try:
-            path = resolve_inside(base_dir, file, what="implementation", file=where.get("file"), line=where.get("line"))
+            path = resolve_inside(
+                base_dir, file, what="implementation", root=root, file=where.get("file"), line=where.get("line")
+            )
             if not path.is_relative_to(root):
                 raise TemplateError(Issue(f"implementation {file!r} points outside the package", **where))
         except TemplateError as exc:
@@ -612,7 +612,7 @@ def _artifacts(chk: _Checker, chain: list[TypeDef], raw_tpl: dict[str, Any], nam
                 )
                 continue
             try:
-                path = resolve_inside(base_dir, file, what=f"artifact {aname!r}", file=display, line=line)
+                path = resolve_inside(base_dir, file, what=f"artifact {aname!r}", root=root, file=display, line=line)
                 if not path.is_relative_to(root):
                     raise TemplateError(
                         Issue(f"artifact {aname!r} points outside the package", file=display, line=line)
