@@ -250,6 +250,7 @@ _NAMED = (
     (re.compile(r'template "([^"]+)"'), ("topology_template", "node_templates")),
     (re.compile(r'[Ii]nput "([^"]+)"'), ("topology_template", "inputs")),
     (re.compile(r'[Oo]utput "([^"]+)"'), ("topology_template", "outputs")),
+    (re.compile(r'in "([^"]+)"'), ("topology_template", "node_templates")),
 )
 
 
@@ -258,12 +259,16 @@ def _parser_issue(chk: _Checker, text: str) -> Issue:
     message = text.strip()
     if ": " in message and message.split(": ", 1)[0].endswith(("Error", "Exception")):
         message = message.split(": ", 1)[1]
-    message = message.strip().strip("'\"")
+    message = message.strip()
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+        message = message[1:-1]  # KeyError reprs arrive quoted
     main = chk.main
-    for pattern, prefix in _NAMED:
-        m = pattern.search(message)
-        if m and main is not None and main.lines.get((*prefix, m.group(1))):
-            node = m.group(1)
+    candidates = [
+        (m.group(1), prefix) for pattern, prefix in _NAMED for m in pattern.finditer(message)
+    ]
+    for name, prefix in candidates:
+        if main is not None and main.lines.get((*prefix, name)):
+            node = name
             line = main.line(*prefix, node)
             field_m = re.search(r'(?:unknown )?field "([^"]+)"', message)
             fld = None
