@@ -151,9 +151,13 @@ def import_private_key(text: str, passphrase: str | None = None) -> KeyPair:
         else:
             private = serialization.load_pem_private_key(data, password=password)  # type: ignore[assignment]
     except (ValueError, TypeError) as exc:
-        reason = "the passphrase is wrong or missing" if "password" in str(exc).lower() or "encrypted" in str(
-            exc
-        ).lower() else "it is not a PEM or OpenSSH private key"
+        text = str(exc).lower()
+        if "password" in text or "encrypted" in text:
+            reason = "it is encrypted: give its passphrase"
+        elif passphrase and ("checksum" in text or "decrypt" in text or "bad decrypt" in text):
+            reason = "the passphrase is wrong"
+        else:
+            reason = "it is not a PEM or OpenSSH private key"
         raise InvalidKey(f"the private key could not be read: {reason}", field="private_key") from exc
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm and others
         raise InvalidKey(f"the private key could not be read: {type(exc).__name__}", field="private_key") from exc

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -85,6 +86,17 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
+        return error_response(
+            request, 422, "validation_error", f"invalid {first['field']}: {first['message']}", details=problems
+        )
+
+    @app.exception_handler(ValidationError)
+    async def _domain_validation(request: Request, exc: ValidationError) -> JSONResponse:
+        # A model built inside a service (a job spec, say) refused a value that came from the user.
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "", "message": "invalid value"}
         return error_response(
             request, 422, "validation_error", f"invalid {first['field']}: {first['message']}", details=problems
         )
