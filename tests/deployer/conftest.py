@@ -45,6 +45,8 @@ def marker_template(n_chain: int, n_free: int, delay: float = 0.0, marker: str =
         "  test.Node:",
         "    derived_from: tosca.nodes.Root",
         "    attributes: {made: {type: string}}",
+        "    requirements:",
+        "      - host: {capability: tosca.capabilities.Container, relationship: tosca.relationships.HostedOn}",
         "    interfaces:",
         "      Standard:",
         "        create:",
