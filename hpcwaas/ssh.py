@@ -34,6 +34,10 @@ from hpcwaas.errors import (
 )
 
 log = logging.getLogger(__name__)
+# Scanning offers one host-key algorithm per handshake; a server lacking one makes paramiko log a
+# full traceback at ERROR. Those handshakes go to this channel, which only shows real failures.
+_SCAN_LOG = "hpcwaas.ssh.scan"
+logging.getLogger(_SCAN_LOG).setLevel(logging.CRITICAL)
 
 KeyKind = Literal["ed25519", "rsa"]
 _PUBLIC_TYPES = {
@@ -202,6 +206,7 @@ def scan_host_keys(host: str, port: int = 22, timeout: float = 10.0) -> list[Pub
                 port=port,
             ) from exc
         transport = paramiko.Transport(sock)
+        transport.set_log_channel(_SCAN_LOG)
         try:
             transport.get_security_options().key_types = (algorithm,)
             transport.start_client(timeout=timeout)

@@ -7,6 +7,8 @@ import pytest
 from hpcwaas.settings import get_settings
 from hpcwaas.stack.info import SiteInfo, StackInfo, VaultInfo, load_stack_info
 
+pytest_plugins = ["tests.fixtures.gateway"]
+
 HINT = "start the local stack first: `make stack-up` (or `make test`, which does it)"
 
 

@@ -11,7 +11,9 @@ from gateway.schemas.common import Login, ORMModel, SiteName
 
 Host = Annotated[
     str,
-    StringConstraints(max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63})*$|^[0-9a-fA-F:]+$"),
+    StringConstraints(
+        max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63})*$|^[0-9a-fA-F:]+$"
+    ),
     Field(description="Host name or IP address of the login node."),
 ]
 WorkDir = Annotated[

@@ -93,10 +93,18 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
     """A rich table of the given columns."""
     t = Table(title=title, show_lines=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # wrap, never cut: ids and fingerprints get copied
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+        t.add_row(*(_cell(r.get(c)) for c in columns))
     console.print(t)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def fields(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:

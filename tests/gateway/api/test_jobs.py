@@ -8,7 +8,7 @@ import pytest
 
 from hpcwaas.stack.info import SiteInfo
 from hpcwaas.stack.site_users import authorize_key
-from tests.gateway.conftest import Person, error_of, registered_site
+from tests.fixtures.gateway import Person, error_of, registered_site
 
 pytestmark = pytest.mark.site
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hpcwaas.ssh import generate_keypair
 from hpcwaas.stack.info import SiteInfo
-from tests.gateway.conftest import Person, error_of, registered_site
+from tests.fixtures.gateway import Person, error_of, registered_site
 
 
 def test_admin_scans_then_registers_and_everyone_lists(people: dict[str, Person], site: SiteInfo,

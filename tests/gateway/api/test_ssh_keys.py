@@ -12,7 +12,7 @@ from hpcwaas.ssh import generate_keypair
 from hpcwaas.stack.info import SiteInfo, VaultInfo
 from hpcwaas.stack.site_users import authorize_key
 from hpcwaas.vault import Vault
-from tests.gateway.conftest import Person, error_of, registered_site
+from tests.fixtures.gateway import Person, error_of, registered_site
 
 
 def _root_vault(vault_info: VaultInfo) -> hvac.Client:

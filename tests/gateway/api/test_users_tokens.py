@@ -11,7 +11,7 @@ from gateway.core.security import hash_token
 from gateway.persistence import repositories as repo
 from gateway.persistence.models import utcnow
 from hpcwaas.settings import Settings
-from tests.gateway.conftest import Person, error_of
+from tests.fixtures.gateway import Person, error_of
 
 
 def test_no_token_is_401_with_the_error_shape(client: TestClient) -> None:

@@ -1,0 +1,134 @@
+"""The `waas` CLI against a real gateway served over HTTP (uvicorn), with the real stack."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from gateway.main import create_app
+from hpcwaas.cli import app
+from hpcwaas.settings import Settings, get_settings
+from hpcwaas.stack.info import SiteInfo
+from hpcwaas.stack.site_users import authorize_key
+from tests.fixtures.gateway import Person
+
+pytestmark = pytest.mark.site
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gateway_url(settings: Settings) -> Iterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def waas(gateway_url: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run `waas` as a given person (token) with a private config file."""
+    monkeypatch.setenv("HPCWAAS_URL", gateway_url)
+    monkeypatch.setenv("HPCWAAS_CLI_CONFIG", str(tmp_path / "cli.json"))
+    monkeypatch.setenv("HPCWAAS_DATABASE_URL", settings.effective_database_url)
+    runner = CliRunner()
+
+    def run(*args: str, token: str | None = None, input: str | None = None):
+        if token:
+            monkeypatch.setenv("HPCWAAS_TOKEN", token)
+        else:
+            monkeypatch.delenv("HPCWAAS_TOKEN", raising=False)
+        get_settings.cache_clear()
+        result = runner.invoke(app, list(args), input=input)
+        get_settings.cache_clear()
+        return result
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_no_token_says_what_to_do(waas) -> None:
+    result = waas("users", "me")
+    assert result.exit_code == 1
+    assert "no API token given" in result.output and "hint" in result.output
+
+
+def test_me_as_json(waas, people: dict[str, Person]) -> None:
+    result = waas("--json", "users", "me", token=people["alice"].token)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["username"] == "alice"
+
+
+def test_config_file_is_private(waas, tmp_path: Path) -> None:
+    result = waas("config", "set", "--url", "http://example.invalid:1")
+    assert result.exit_code == 0
+    mode = stat.S_IMODE((tmp_path / "cli.json").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_bootstrap_reissues_a_token_for_the_existing_admin(waas) -> None:
+    result = waas("--json", "admin", "bootstrap", "--username", "admin")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["created"] is False and out["token"].startswith("hpcw_")
+    me = waas("--json", "users", "me", token=out["token"])
+    assert json.loads(me.output)["role"] == "admin"
+
+
+def test_site_add_checks_the_fingerprint(waas, people: dict[str, Person], site: SiteInfo, unique: str) -> None:
+    admin = people["admin"].token
+    wrong = waas("sites", "add", f"cli-{unique}", "--host", site.host, "--port", str(site.port),
+                 "--fingerprint", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", token=admin)
+    assert wrong.exit_code == 1 and "does not offer a key" in wrong.output
+    scanned = json.loads(waas("--json", "sites", "scan", site.host, "--port", str(site.port), token=admin).output)
+    fingerprint = next(k["fingerprint"] for k in scanned if k["key"] == site.host_key)
+    ok = waas("--json", "sites", "add", f"cli-{unique}", "--host", site.host, "--port", str(site.port),
+              "-p", "debug", "--fingerprint", fingerprint, token=admin)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["host_key"] == site.host_key
+    listed = waas("--json", "sites", "list", token=people["bob"].token)
+    assert f"cli-{unique}" in [s["name"] for s in json.loads(listed.output)]
+    human = waas("sites", "list", token=people["bob"].token)
+    assert human.exit_code == 0 and "debug" in human.output
+
+
+def test_scientist_key_check_and_job(waas, people: dict[str, Person], site: SiteInfo, unique: str,
+                                     tmp_path: Path) -> None:
+    from tests.fixtures.gateway import registered_site
+
+    registered_site(people["admin"], site)
+    bob = people["bob"].token
+    created = waas("--json", "ssh-keys", "create", "--login", "sciuser2", "--name", f"cli-{unique}", token=bob)
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.output)
+    authorize_key("sciuser2", key["public_key"])
+    checked = waas("ssh-keys", "check", key["id"], "--site", "local", token=bob)
+    assert checked.exit_code == 0 and "logged in to local as sciuser2" in checked.output
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\necho \"cli job says $((6 * 7))\"\n")
+    job = waas("jobs", "submit", "local", str(script), "--key", key["id"], "--wait", token=bob)
+    assert job.exit_code == 0, job.output
+    assert "COMPLETED" in job.output and "cli job says 42" in job.output
+    listed = waas("--json", "ssh-keys", "list", token=bob)
+    assert f"cli-{unique}" in [k["name"] for k in json.loads(listed.output)]
+    assert waas("ssh-keys", "rm", key["id"], token=people["alice"].token).exit_code == 1
+    assert waas("ssh-keys", "rm", key["id"], token=bob).exit_code == 0
