@@ -58,7 +58,7 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str) -> None:
     """Bring the database schema to the newest migration (idempotent)."""
     with database_errors():
-        command.upgrade(alembic_config(url), "head")
+        command.upgrade(alembic_config(url), "heads")
 
 
 def redacted(url: str) -> str:

@@ -1,11 +1,21 @@
-"""Alembic environment: runs the gateway's migrations against the configured URL."""
+"""Alembic environment: runs the migrations of the whole schema against the configured URL."""
 
 from __future__ import annotations
+
+import importlib
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from gateway.persistence.models import Base
+from hpcwaas.db import Base
+
+# Every package that defines tables on the shared Base is imported here, so autogenerate sees them.
+for module in ("gateway.persistence.models", "catalogue.models", "containers.models"):
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
 
 config = context.config
 target_metadata = Base.metadata
