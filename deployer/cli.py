@@ -90,7 +90,9 @@ class Progress:
                 err.print(f"{t}   [red]✗ {escape(ev.message)}[/]")
             elif ev.kind == "run":
                 err.print(f"{t} [bold]{escape(ev.message)}[/]")
-            elif ev.kind == "log" and (self.verbose or ev.message.startswith(("submitted job", "found job", "job "))):
+            elif ev.kind == "log" and (
+                self.verbose or ev.message.startswith(("submitted job", "found job", "following job", "job "))
+            ):
                 err.print(f"{t}     [dim]{escape(ev.message)}[/]")
 
 

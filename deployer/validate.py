@@ -263,9 +263,7 @@ def _parser_issue(chk: _Checker, text: str) -> Issue:
     if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
         message = message[1:-1]  # KeyError reprs arrive quoted
     main = chk.main
-    candidates = [
-        (m.group(1), prefix) for pattern, prefix in _NAMED for m in pattern.finditer(message)
-    ]
+    candidates = [(m.group(1), prefix) for pattern, prefix in _NAMED for m in pattern.finditer(message)]
     for name, prefix in candidates:
         if main is not None and main.lines.get((*prefix, name)):
             node = name
