@@ -7,9 +7,10 @@ The gateway holds a token whose policy is limited to its KV v2 mount. SSH privat
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -18,6 +19,7 @@ import requests
 from hpcwaas.errors import SecretNotFound, VaultError, VaultUnavailable
 from hpcwaas.settings import Settings
 
+T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -56,9 +58,11 @@ def _vault_errors(addr: str, action: str) -> Iterator[None]:
 class Vault:
     """A thin, typed wrapper around the KV v2 mount the gateway owns."""
 
-    def __init__(self, addr: str, token: str | None, mount: str = "hpcwaas", timeout: float = 5.0) -> None:
+    def __init__(self, addr: str, token: str | None, mount: str = "hpcwaas", timeout: float = 5.0,
+                 token_file: Path | None = None) -> None:
         self.addr = addr
         self.mount = mount
+        self._token_file = token_file
         self._client = hvac.Client(url=addr, token=token, timeout=timeout)
 
     @classmethod
@@ -69,7 +73,27 @@ class Vault:
             settings.vault_token_value(),
             mount=settings.vault_mount,
             timeout=settings.vault_timeout,
+            token_file=settings.vault_token_file if settings.vault_token is None else None,
         )
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        """Run a Vault call; if the token was refused and the token file holds a newer one
+        (an operator rotated it), switch to it and retry once."""
+        try:
+            with _vault_errors(self.addr, action):
+                return fn()
+        except VaultUnavailable as exc:
+            if not isinstance(exc.__cause__, hvac.exceptions.Forbidden) or self._token_file is None:
+                raise
+            try:
+                fresh = self._token_file.read_text().strip()
+            except OSError:
+                raise exc from None
+            if not fresh or fresh == self._client.token:
+                raise
+            self._client.token = fresh
+            with _vault_errors(self.addr, action):
+                return fn()
 
     @staticmethod
     def ssh_key_path(user_id: str, key_id: str) -> str:
@@ -87,36 +111,38 @@ class Vault:
 
     def write(self, path: str, data: dict[str, str]) -> None:
         """Write a secret (a new KV v2 version)."""
-        with _vault_errors(self.addr, f"write {path}"):
-            self._client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=data, mount_point=self.mount
-            )
+        self._call(
+            f"write {path}",
+            lambda: self._client.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point=self.mount),
+        )
 
     def read(self, path: str) -> dict[str, str]:
         """Read the latest version of a secret."""
-        with _vault_errors(self.addr, f"read {path}"):
-            resp = self._client.secrets.kv.v2.read_secret_version(
+        resp = self._call(
+            f"read {path}",
+            lambda: self._client.secrets.kv.v2.read_secret_version(
                 path=path, mount_point=self.mount, raise_on_deleted_version=True
-            )
+            ),
+        )
         data: dict[str, str] = resp["data"]["data"]
         return data
 
     def delete(self, path: str) -> None:
         """Delete a secret and all its versions (idempotent)."""
         try:
-            with _vault_errors(self.addr, f"delete {path}"):
-                self._client.secrets.kv.v2.delete_metadata_and_all_versions(
-                    path=path, mount_point=self.mount
-                )
+            self._call(
+                f"delete {path}",
+                lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=self.mount),
+            )
         except SecretNotFound:
             return
 
     def wrap(self, path: str, ttl: str = "300s") -> str:
         """Read a secret into a single-use response-wrapping token (for pipelines)."""
-        with _vault_errors(self.addr, f"wrap {path}"):
-            resp = self._client.adapter.get(
-                f"/v1/{self.mount}/data/{path}", headers={"X-Vault-Wrap-TTL": ttl}
-            )
+        resp = self._call(
+            f"wrap {path}",
+            lambda: self._client.adapter.get(f"/v1/{self.mount}/data/{path}", headers={"X-Vault-Wrap-TTL": ttl}),
+        )
         token: str = resp["wrap_info"]["token"]
         return token
 
