@@ -139,11 +139,12 @@ class Engine:
             except Exception:  # a broken progress display must not break a deployment
                 log.exception("progress callback failed")
 
-    def _set_state(self, node: str, state: NodeState) -> None:
+    def _set_state(self, node: str, state: NodeState, *, commit: bool = True) -> None:
         with self._lock:
             self.record.nodes[node].state = state
             self.record.nodes[node].attributes["state"] = state.value
-            self._commit()
+            if commit:
+                self._commit()
         self._emit(Event("node_state", node=node, state=state.value))
 
     def _new_run(self, workflow: str, inputs: Mapping[str, Any] | None = None) -> RunRecord:
@@ -328,12 +329,14 @@ class Engine:
             state = self.record.nodes[plan.node].state
             if not self._phase_needed(kind, state, phase):
                 continue
+            # Node states ride along with the next durable write (the operation's start record,
+            # or the node's completion): a crash in between replays at most this bookkeeping.
             if phase.during is not None and phase.ops and state != phase.during:
-                self._set_state(plan.node, phase.during)
+                self._set_state(plan.node, phase.during, commit=False)
             for pop in phase.ops:
                 self._run_planned(run, pop, prefix)
             if phase.after is not None and self.record.nodes[plan.node].state != phase.after:
-                self._set_state(plan.node, phase.after)
+                self._set_state(plan.node, phase.after, commit=False)
         with self._lock:
             run.steps[prefix + plan.node] = "done"
             self._commit()
