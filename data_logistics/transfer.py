@@ -1,0 +1,914 @@
+"""The transfer engine: streamed, resumable, atomic, sha256-verified copies, without Airflow.
+
+A transfer reads a :class:`FileSource` (an HTTP URL, a local file, a file on a site) or a
+:class:`TreeSource` (a local directory, a directory on a site) and writes it to a
+:class:`Destination` (a site user's work directory, or a local storage root):
+
+* **streamed**: bytes go from the source to the destination in 1 MiB chunks; the worker never
+  holds a copy on its disk. A directory travels as one tar stream (``tar -x`` on the far side).
+* **atomic**: data lands in a hidden ``.<name>.hpcwaas-part`` next to the destination and is
+  renamed into place only after verification.
+* **resumable**: a later transfer to the same destination continues a partial file from its
+  size (HTTP ``Range``, ``tail -c +N`` on a site, ``seek`` locally) and sends only the files of a
+  partial directory that are missing or differ.
+* **verified end to end**: the destination is hashed at rest (``sha256sum`` on the site) and
+  compared with the hash of what the source holds (computed while streaming, or at rest at the
+  source after a resume) and with a declared checksum (catalogue, image digest) when there is
+  one. A mismatch removes the bad data and raises :class:`ChecksumMismatch`.
+* **confined**: destination paths are resolved on the site (symlinks included) and must stay
+  inside the work directory; local paths must stay inside their storage root.
+
+Progress (bytes and files done, with totals when known) is reported through a callback,
+throttled to a few calls per second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+import httpx
+
+from data_logistics import remote
+from data_logistics.errors import (
+    ChecksumMismatch,
+    DestinationExists,
+    InvalidTransfer,
+    PathOutsideWorkDir,
+    SourceUnavailable,
+    StagingError,
+)
+from hpcwaas.errors import RemoteCommandFailed, SSHError
+from hpcwaas.ssh import SSHSession
+
+CHUNK = remote.CHUNK
+PART_PREFIX, PART_SUFFIX = ".", ".hpcwaas-part"
+_HEX = set("0123456789abcdef")
+
+
+def check_sha256(value: str | None, field: str = "sha256") -> str | None:
+    """A lower-case hex sha256, or None; anything else is refused."""
+    if value is None:
+        return None
+    value = value.strip().lower().removeprefix("sha256:")
+    if len(value) != 64 or not set(value) <= _HEX:
+        raise InvalidTransfer(f"{field} must be 64 hexadecimal characters (a sha256)", field=field)
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# Progress
+
+
+@dataclass
+class Progress:
+    """How far a transfer is; what the DAGs push to XCom and the gateway shows."""
+
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    phase: str = "starting"  # starting | transferring | verifying | done
+    first_byte_at: float | None = None  # time.time() of the first byte written
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class _Reporter:
+    """Calls the progress callback at most every ``interval`` seconds (and on phase changes)."""
+
+    def __init__(self, callback: ProgressFn | None, interval: float = 0.5) -> None:
+        self.state = Progress()
+        self._callback = callback
+        self._interval = interval
+        self._last = 0.0
+
+    def phase(self, name: str) -> None:
+        self.state.phase = name
+        self.emit(force=True)
+
+    def add(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        if nbytes and self.state.first_byte_at is None:
+            self.state.first_byte_at = time.time()
+        self.state.bytes_done += nbytes
+        self.state.files_done += nfiles
+        self.emit()
+
+    def emit(self, force: bool = False) -> None:
+        if self._callback is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self._interval:
+            self._last = now
+            self._callback(Progress(**asdict(self.state)))
+
+
+# ------------------------------------------------------------------------------------------
+# File sources
+
+
+class FileSource(ABC):
+    """One file to copy. ``open(offset)`` yields the chunks from ``offset`` on."""
+
+    label: str
+    declared_sha256: str | None = None
+
+    @abstractmethod
+    def size(self) -> int | None:
+        """The size in bytes, if the source knows it."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """(the offset actually honoured, chunks); a source that cannot seek answers 0."""
+
+    def sha256_at_rest(self) -> str | None:
+        """The source's hash computed independently of the stream (None if unavailable)."""
+        return None
+
+
+class LocalFile(FileSource):
+    """A file on the worker (inside a storage root, checked by the caller)."""
+
+    def __init__(self, path: Path, declared_sha256: str | None = None) -> None:
+        self.path = path
+        self.label = str(path)
+        self.declared_sha256 = check_sha256(declared_sha256)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot read {self.path}: {exc.strerror}", path=str(self.path)) from exc
+
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            yield offset, iter(lambda: fh.read(CHUNK), b"")
+
+    def sha256_at_rest(self) -> str:
+        return sha256_file(self.path)
+
+
+class HttpFile(FileSource):
+    """A file behind an http(s) URL, read with ``Range`` to resume; TLS is always verified."""
+
+    def __init__(self, url: str, declared_sha256: str | None = None, timeout: float = 30.0) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise InvalidTransfer("only http and https URLs can be downloaded", field="url")
+        self.url = url
+        self.label = url
+        self.declared_sha256 = check_sha256(declared_sha256)
+        self._client = httpx.Client(timeout=timeout, follow_redirects=True, verify=True)
+        self._size: int | None = None
+
+    def size(self) -> int | None:
+        if self._size is None:
+            try:
+                resp = self._client.head(self.url)
+            except httpx.HTTPError as exc:
+                raise SourceUnavailable(f"cannot reach {self.url}: {exc}", url=self.url) from exc
+            if resp.status_code >= 400:
+                raise SourceUnavailable(f"{self.url} answered HTTP {resp.status_code}", url=self.url)
+            length = resp.headers.get("content-length")
+            self._size = int(length) if length and length.isdigit() else None
+        return self._size
+
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with self._client.stream("GET", self.url, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    raise SourceUnavailable(f"{self.url} answered HTTP {resp.status_code}", url=self.url)
+                honoured = offset if resp.status_code == 206 else 0
+                yield honoured, resp.iter_bytes(CHUNK)
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"download of {self.url} failed: {exc}", url=self.url) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class SiteFile(FileSource):
+    """A file on a site, streamed with ``tail -c +N`` over the source session."""
+
+    def __init__(self, session: SSHSession, path: str, declared_sha256: str | None = None) -> None:
+        self.session = session
+        self.path = path
+        self.label = f"{session.endpoint.label}:{path}"
+        self.declared_sha256 = check_sha256(declared_sha256)
+
+    def size(self) -> int:
+        out = remote.run_checked(self.session, ["stat", "-L", "-c", "%s", "--", self.path], "stat of the source")
+        return int(out.strip())
+
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        with remote.popen(self.session, ["tail", "-c", f"+{offset + 1}", "--", self.path]) as proc:
+            proc.close_stdin()
+            yield offset, proc.chunks()
+            proc.check("reading the source file")
+
+    def sha256_at_rest(self) -> str:
+        return remote_sha256(self.session, self.path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remote_sha256(session: SSHSession, path: str) -> str:
+    out = remote.run_checked(session, ["sha256sum", "--", path], "sha256sum", timeout=3600)
+    return out.split()[0].lstrip("\\")
+
+
+# ------------------------------------------------------------------------------------------
+# Tree sources
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    rel: str  # POSIX path relative to the tree's root
+    size: int
+
+
+class TreeSource(ABC):
+    """A directory to copy as one tar stream."""
+
+    label: str
+
+    @abstractmethod
+    def files(self) -> list[TreeFile]:
+        """The regular files of the tree (symbolic links and special files are not copied)."""
+
+    @abstractmethod
+    def manifest(self) -> dict[str, str]:
+        """rel -> sha256 of every file, computed at rest at the source."""
+
+    @property
+    def hashes_while_streaming(self) -> bool:
+        """True if :meth:`send_tar` reports each file's hash (no separate pass needed)."""
+        return False
+
+    @abstractmethod
+    def send_tar(self, files: list[TreeFile], sink: Callable[[bytes], None],
+                 on_file: Callable[[TreeFile, str | None], None]) -> None:
+        """Write a tar stream of ``files`` to ``sink``; call ``on_file`` after each one."""
+
+
+class _SinkWriter:
+    """A write-only file object that hands every write to a sink (tarfile writes into it)."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+
+    def write(self, data: Any) -> int:
+        self._sink(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+class _HashingReader:
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self.digest.update(data)
+        return data
+
+
+class LocalTree(TreeSource):
+    """A directory on the worker (inside a storage root, checked by the caller)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.label = str(root)
+        self.skipped: list[str] = []
+
+    def files(self) -> list[TreeFile]:
+        found: list[TreeFile] = []
+        for dirpath, dirnames, names in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                rel = path.relative_to(self.root).as_posix()
+                st = path.lstat()
+                if path.is_symlink() or not path.is_file():
+                    self.skipped.append(rel)
+                    continue
+                found.append(TreeFile(rel, st.st_size))
+        return found
+
+    def manifest(self) -> dict[str, str]:
+        return {f.rel: sha256_file(self.root / f.rel) for f in self.files()}
+
+    @property
+    def hashes_while_streaming(self) -> bool:
+        return True
+
+    def send_tar(self, files: list[TreeFile], sink: Callable[[bytes], None],
+                 on_file: Callable[[TreeFile, str | None], None]) -> None:
+        stream = cast(IO[bytes], _SinkWriter(sink))
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
+                          bufsize=CHUNK) as tar:
+            for item in files:
+                path = self.root / item.rel
+                st = path.lstat()
+                info = tarfile.TarInfo(item.rel)
+                info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), st.st_mode & 0o755
+                with path.open("rb") as fh:
+                    reader = _HashingReader(fh)
+                    tar.addfile(info, reader)
+                on_file(item, reader.digest.hexdigest())
+
+
+class SiteTree(TreeSource):
+    """A directory on a site: listed with ``find``, hashed with ``sha256sum``, sent with ``tar -c``."""
+
+    def __init__(self, session: SSHSession, root: str) -> None:
+        self.session = session
+        self.root = root
+        self.label = f"{session.endpoint.label}:{root}"
+
+    def files(self) -> list[TreeFile]:
+        out = remote.run_checked(
+            self.session, remote.sh('cd -- "$1" && find . -type f -printf "%s %P\\0"', self.root), "listing the source"
+        )
+        found = []
+        for record in out.split("\0"):
+            if record:
+                size, rel = record.split(" ", 1)
+                found.append(TreeFile(rel, int(size)))
+        return sorted(found, key=lambda f: f.rel)
+
+    def manifest(self) -> dict[str, str]:
+        return remote_manifest(self.session, self.root)
+
+    def send_tar(self, files: list[TreeFile], sink: Callable[[bytes], None],
+                 on_file: Callable[[TreeFile, str | None], None]) -> None:
+        sizes = {f.rel: f for f in files}
+        with remote.popen(self.session, ["tar", "-c", "-f", "-", "-C", self.root, "--null", "-T", "-"]) as proc:
+            proc.write(b"".join(f.rel.encode() + b"\0" for f in files))
+            proc.close_stdin()
+            for chunk in proc.chunks():
+                sink(chunk)
+            proc.check("tar on the source site")
+        for item in sizes.values():
+            on_file(item, None)
+
+
+def _parse_sha256sum(out: str) -> dict[str, str]:
+    """Parse ``sha256sum`` lines (GNU escapes names holding a backslash or newline)."""
+    result: dict[str, str] = {}
+    for line in out.split("\n"):
+        if not line:
+            continue
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        digest, name = line[:64], line[66:]
+        if escaped:
+            name = name.replace("\\n", "\n").replace("\\\\", "\\")
+        result[name.removeprefix("./")] = digest
+    return result
+
+
+def remote_manifest(session: SSHSession, root: str) -> dict[str, str]:
+    out = remote.run_checked(
+        session,
+        remote.sh('cd -- "$1" && find . -type f -print0 | xargs -0r sha256sum --', root),
+        "hashing a directory",
+        timeout=3600,
+    )
+    return _parse_sha256sum(out)
+
+
+def local_manifest(root: Path) -> dict[str, str]:
+    return LocalTree(root).manifest()
+
+
+def tree_digest(manifest: dict[str, str]) -> str:
+    """One sha256 for a directory: over its sorted ``<sha256>  <path>`` lines (sha256sum format)."""
+    lines = "".join(f"{manifest[rel]}  {rel}\n" for rel in sorted(manifest))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# Destinations
+
+
+@dataclass
+class TargetState:
+    final: str
+    part: str
+    exists: bool
+    partial_size: int  # -1: no partial file; for trees: 1 if a partial directory exists
+
+
+class Writer(ABC):
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class Destination(ABC):
+    """Where data lands, with a temporary name next to the final one."""
+
+    label: str
+
+    @abstractmethod
+    def prepare(self, path: str) -> TargetState: ...
+
+    @abstractmethod
+    def file_writer(self, part: str, offset: int) -> Writer: ...
+
+    @abstractmethod
+    def tar_writer(self, part_dir: str) -> Writer: ...
+
+    @abstractmethod
+    def sha256(self, path: str) -> str: ...
+
+    @abstractmethod
+    def manifest(self, directory: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def remove(self, path: str) -> None: ...
+
+    @abstractmethod
+    def remove_files(self, directory: str, rels: list[str]) -> None: ...
+
+    @abstractmethod
+    def commit(self, part: str, final: str, overwrite: bool) -> None:
+        """Rename ``part`` to ``final`` (replacing it only with ``overwrite``)."""
+
+
+class _RemoteWriter(Writer):
+    def __init__(self, session: SSHSession, argv: list[str], what: str) -> None:
+        self._cm = remote.popen(session, argv)
+        self._proc = self._cm.__enter__()
+        self._what = what
+
+    def write(self, data: bytes) -> None:
+        self._proc.write(data)
+
+    def finish(self) -> None:
+        try:
+            self._proc.close_stdin()
+            self._proc.check(self._what)
+        finally:
+            self._cm.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        # Let the remote writer finish what it received before the channel goes: a resume that
+        # starts while an old `cat` still appends would interleave data.
+        try:
+            self._proc.close_stdin()
+            self._proc.wait(timeout=30)
+        except Exception:  # noqa: S110 - the connection may already be gone
+            pass
+        finally:
+            self._cm.__exit__(None, None, None)
+
+
+_STATE = (
+    'mkdir -p -- "$1" || exit 1; '
+    'if [ -e "$2" ] || [ -L "$2" ]; then echo exists; else echo absent; fi; '
+    'if [ -f "$3" ]; then stat -c %s -- "$3"; elif [ -d "$3" ]; then echo 1; else echo -1; fi'
+)
+
+
+class SiteDestination(Destination):
+    """A site user's work directory, reached over an open, host-key-verified session."""
+
+    def __init__(self, session: SSHSession, work_dir: str) -> None:
+        self.session = session
+        self.work_dir = work_dir
+        self.label = f"{session.endpoint.label}:{work_dir}"
+
+    def prepare(self, path: str) -> TargetState:
+        target = remote.resolve_in(self.session, self.work_dir, path)
+        part = target.sibling(PART_PREFIX, PART_SUFFIX)
+        out = remote.run_checked(self.session, remote.sh(_STATE, target.parent, target.path, part),
+                                 "checking the destination").split()
+        return TargetState(target.path, part, out[0] == "exists", int(out[1]))
+
+    def file_writer(self, part: str, offset: int) -> Writer:
+        # truncate drops whatever lies beyond the resume point; cat appends from there.
+        argv = remote.sh('truncate -s "$1" -- "$2" && exec cat >> "$2"', str(offset), part)
+        return _RemoteWriter(self.session, argv, "writing the file")
+
+    def tar_writer(self, part_dir: str) -> Writer:
+        argv = remote.sh('mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner', part_dir)
+        return _RemoteWriter(self.session, argv, "unpacking the tar stream")
+
+    def sha256(self, path: str) -> str:
+        return remote_sha256(self.session, path)
+
+    def manifest(self, directory: str) -> dict[str, str]:
+        return remote_manifest(self.session, directory)
+
+    def remove(self, path: str) -> None:
+        self.session.run(["rm", "-rf", "--", path], timeout=600)
+
+    def remove_files(self, directory: str, rels: list[str]) -> None:
+        if rels:
+            with remote.popen(self.session, remote.sh('cd -- "$1" && xargs -0r rm -f --', directory)) as proc:
+                proc.write(b"".join(r.encode() + b"\0" for r in rels))
+                proc.close_stdin()
+                proc.check("removing bad files")
+
+    def commit(self, part: str, final: str, overwrite: bool) -> None:
+        if overwrite:
+            # Directories cannot be replaced by rename(2): move the old one aside first.
+            script = ('if [ -d "$2" ] && [ ! -L "$2" ]; then old="$2.hpcwaas-old.$$"; mv -T -- "$2" "$old"; '
+                      'mv -T -- "$1" "$2" && rm -rf -- "$old"; else mv -f -T -- "$1" "$2"; fi')
+        else:
+            script = 'if [ -e "$2" ] || [ -L "$2" ]; then echo "$2 exists" >&2; exit 1; fi; mv -T -- "$1" "$2"'
+        remote.run_checked(self.session, remote.sh(script, part, final), "moving the data into place")
+
+
+class _LocalProcessWriter(Writer):
+    def __init__(self, argv: list[str], what: str) -> None:
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._what = what
+
+    def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(data)
+
+    def finish(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        err = self._proc.stderr.read() if self._proc.stderr else b""
+        if self._proc.wait() != 0:
+            raise StagingError(f"{self._what} failed: {err.decode(errors='replace')[-500:]}")
+
+    def abort(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+class _LocalFileWriter(Writer):
+    def __init__(self, part: Path, offset: int) -> None:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        self._fh = os.fdopen(fd, "wb", buffering=CHUNK)
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def finish(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def abort(self) -> None:
+        self._fh.close()
+
+
+class LocalDestination(Destination):
+    """A directory on the worker (a local storage target), paths confined to ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.label = str(self.root)
+
+    def resolve(self, path: str) -> Path:
+        remote.check_relative_text(path)
+        target = (self.root / path).resolve()  # an absolute `path` replaces the root, then is checked
+        if target == self.root or not target.is_relative_to(self.root):
+            raise PathOutsideWorkDir(f"{path!r} resolves outside the storage root {self.root}", field="path")
+        return target
+
+    def prepare(self, path: str) -> TargetState:
+        target = self.resolve(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f"{PART_PREFIX}{target.name}{PART_SUFFIX}")
+        size = part.stat().st_size if part.is_file() else (1 if part.is_dir() else -1)
+        return TargetState(str(target), str(part), target.exists() or target.is_symlink(), size)
+
+    def file_writer(self, part: str, offset: int) -> Writer:
+        return _LocalFileWriter(Path(part), offset)
+
+    def tar_writer(self, part_dir: str) -> Writer:
+        Path(part_dir).mkdir(parents=True, exist_ok=True)
+        return _LocalProcessWriter(["tar", "-x", "-f", "-", "-C", part_dir, "--no-same-owner"], "tar -x")
+
+    def sha256(self, path: str) -> str:
+        return sha256_file(Path(path))
+
+    def manifest(self, directory: str) -> dict[str, str]:
+        return local_manifest(Path(directory))
+
+    def remove(self, path: str) -> None:
+        p = Path(path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+    def remove_files(self, directory: str, rels: list[str]) -> None:
+        for rel in rels:
+            (Path(directory) / rel).unlink(missing_ok=True)
+
+    def commit(self, part: str, final: str, overwrite: bool) -> None:
+        dst = Path(final)
+        if dst.exists() or dst.is_symlink():
+            if not overwrite:
+                raise DestinationExists(f"{final} exists", path=final)
+            if dst.is_dir() and not dst.is_symlink():
+                old = dst.with_name(f"{dst.name}.hpcwaas-old.{os.getpid()}")
+                os.rename(dst, old)
+                os.rename(part, dst)
+                self.remove(str(old))
+                return
+        os.replace(part, dst)
+
+
+# ------------------------------------------------------------------------------------------
+# The two operations
+
+
+@dataclass
+class TransferResult:
+    """What a transfer produced (the DAG's XCom result, the catalogue's registration input)."""
+
+    kind: str  # "file" | "directory"
+    source: str
+    destination: str
+    path: str
+    size: int
+    files: int
+    sha256: str  # the file's sha256, or the directory's tree digest
+    resumed_from: int = 0  # bytes (file) or files (directory) already there
+    seconds: float = 0.0
+    first_byte_at: float | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def copy_file(
+    source: FileSource,
+    destination: Destination,
+    path: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = True,
+    expected_sha256: str | None = None,
+    progress: ProgressFn | None = None,
+    retries: int = 3,
+) -> TransferResult:
+    """Copy one file to ``path`` at the destination; see the module docstring for the guarantees."""
+    began = time.monotonic()
+    declared = check_sha256(expected_sha256) or source.declared_sha256
+    if expected_sha256 and source.declared_sha256 and check_sha256(expected_sha256) != source.declared_sha256:
+        raise InvalidTransfer("two different expected checksums were given for the source", field="sha256")
+    report = _Reporter(progress)
+    state = destination.prepare(path)
+    if state.exists and not overwrite:
+        raise DestinationExists(
+            f"{state.final} already exists", hint="choose another path or ask to overwrite it", path=state.final
+        )
+    total = source.size()
+    report.state.bytes_total, report.state.files_total = total, 1
+    offset = max(state.partial_size, 0) if resume else 0
+    if total is not None and offset > total:
+        offset = 0
+    # After a resume the stream no longer covers the whole file: the source must then be hashed
+    # at rest, or the declared checksum stands for it.
+    can_rehash = isinstance(source, LocalFile | SiteFile) or declared is not None
+    if offset and not can_rehash:
+        offset = 0
+    report.phase("transferring")
+    streamed = hashlib.sha256()
+    resumed_from: int | None = None
+    attempt = 0
+    while True:
+        writer = destination.file_writer(state.part, offset)
+        try:
+            with source.open(offset) as (honoured, chunks):
+                if honoured != offset:  # the server ignored Range: start over
+                    writer.abort()
+                    offset, resumed_from, streamed = 0, 0, hashlib.sha256()
+                    writer = destination.file_writer(state.part, 0)
+                if resumed_from is None:
+                    resumed_from = offset
+                report.state.bytes_done = offset
+                for chunk in chunks:
+                    writer.write(chunk)
+                    if resumed_from == 0:
+                        streamed.update(chunk)
+                    offset += len(chunk)
+                    report.add(len(chunk))
+            writer.finish()
+            break
+        except SourceUnavailable:
+            # A dropped download resumes from what has been written, a few times.
+            with contextlib.suppress(Exception):
+                writer.finish()
+            attempt += 1
+            if attempt > retries or not (isinstance(source, HttpFile) and can_rehash):
+                raise
+            time.sleep(min(2**attempt, 10))
+        except BaseException:
+            writer.abort()
+            raise
+    report.phase("verifying")
+    at_destination = destination.sha256(state.part)
+    if resumed_from == 0:
+        at_source = streamed.hexdigest()
+    else:
+        at_source = source.sha256_at_rest() or declared or ""
+    problem = None
+    if declared is not None and at_source != declared:
+        problem = f"the source {source.label} hashes to {at_source}, not to the declared sha256 {declared}"
+    elif at_destination != at_source:
+        problem = f"the copy at {state.final} hashes to {at_destination}, the source to {at_source}"
+    if problem:
+        destination.remove(state.part)
+        raise ChecksumMismatch(f"corrupted transfer: {problem}; the partial data was removed",
+                               hint="start the transfer again", path=state.final)
+    destination.commit(state.part, state.final, overwrite)
+    report.state.files_done = 1
+    report.phase("done")
+    return TransferResult(
+        kind="file", source=source.label, destination=destination.label, path=state.final,
+        size=offset, files=1, sha256=at_destination, resumed_from=resumed_from or 0,
+        seconds=time.monotonic() - began, first_byte_at=report.state.first_byte_at,
+    )
+
+
+def copy_tree(
+    source: TreeSource,
+    destination: Destination,
+    path: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+) -> TransferResult:
+    """Copy a directory as one tar stream; a partial copy is completed, not restarted."""
+    began = time.monotonic()
+    report = _Reporter(progress)
+    state = destination.prepare(path)
+    if state.exists and not overwrite:
+        raise DestinationExists(
+            f"{state.final} already exists", hint="choose another path or ask to overwrite it", path=state.final
+        )
+    files = source.files()
+    for item in files:
+        remote.check_relative_text(item.rel, "file name")
+    report.state.bytes_total = sum(f.size for f in files)
+    report.state.files_total = len(files)
+    present = destination.manifest(state.part) if resume and state.partial_size > 0 else {}
+    expected: dict[str, str] = {}
+    if present or not source.hashes_while_streaming:
+        expected = source.manifest()
+    done = [f for f in files if f.rel in present and present[f.rel] == expected.get(f.rel)]
+    done_names = {f.rel for f in done}
+    todo = [f for f in files if f.rel not in done_names]
+    report.add(sum(f.size for f in done), len(done))
+    report.phase("transferring")
+
+    def on_file(item: TreeFile, digest: str | None) -> None:
+        if digest is not None:
+            expected[item.rel] = digest
+        report.add(0, 1)
+
+    def sink(data: bytes) -> None:
+        writer.write(data)
+        report.add(len(data))
+
+    if todo:
+        writer = destination.tar_writer(state.part)
+        try:
+            source.send_tar(todo, sink, on_file)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    report.state.bytes_done = report.state.bytes_total or 0
+    report.phase("verifying")
+    landed = destination.manifest(state.part) if files else {}
+    extra = sorted(set(landed) - set(expected))
+    if extra:  # leftovers of an earlier, different partial copy
+        destination.remove_files(state.part, extra)
+        for rel in extra:
+            landed.pop(rel)
+    bad = sorted(rel for rel in expected if landed.get(rel) != expected[rel])
+    if bad:
+        destination.remove_files(state.part, bad)
+        raise ChecksumMismatch(
+            f"corrupted transfer: {len(bad)} file(s) differ from the source, e.g. {', '.join(bad[:5])}; "
+            "they were removed from the partial copy",
+            hint="start the transfer again: the files that arrived intact are kept",
+            path=state.final,
+        )
+    if not files:
+        destination.tar_writer(state.part).finish()  # an empty directory still lands
+    destination.commit(state.part, state.final, overwrite)
+    report.phase("done")
+    return TransferResult(
+        kind="directory", source=source.label, destination=destination.label, path=state.final,
+        size=report.state.bytes_total or 0, files=len(files), sha256=tree_digest(expected),
+        resumed_from=len(done), seconds=time.monotonic() - began, first_byte_at=report.state.first_byte_at,
+        skipped=list(getattr(source, "skipped", [])),
+    )
+
+
+def site_is_dir(session: SSHSession, path: str) -> bool:
+    """Whether ``path`` on the site is a directory (following symlinks)."""
+    result = session.run(["test", "-d", path], timeout=60)
+    return result.exit_code == 0
+
+
+def site_source(session: SSHSession, work_dir: str, path: str, declared_sha256: str | None = None
+                ) -> FileSource | TreeSource:
+    """A file or directory inside the work directory of a site, as a source."""
+    resolved = remote.resolve_in(session, work_dir, path, field="source path")
+    try:
+        if site_is_dir(session, resolved.path):
+            return SiteTree(session, resolved.path)
+    except (SSHError, RemoteCommandFailed) as exc:
+        raise SourceUnavailable(f"cannot read {resolved.path} on the site: {exc}") from exc
+    exists = session.run(["test", "-f", resolved.path], timeout=60).exit_code == 0
+    if not exists:
+        raise SourceUnavailable(f"{resolved.path} does not exist on the site", path=resolved.path)
+    return SiteFile(session, resolved.path, declared_sha256)
+
+
+def local_source(root: Path, path: str, declared_sha256: str | None = None) -> FileSource | TreeSource:
+    """A file or directory inside a local storage root, as a source."""
+    base = LocalDestination(root)
+    target = base.resolve(path)
+    if target.is_dir():
+        return LocalTree(target)
+    if not target.is_file():
+        raise SourceUnavailable(f"{target} does not exist in the storage root", path=str(target))
+    return LocalFile(target, declared_sha256)
+
+
+def copy(source: FileSource | TreeSource, destination: Destination, path: str, *, overwrite: bool = False,
+         resume: bool = True, expected_sha256: str | None = None, progress: ProgressFn | None = None
+         ) -> TransferResult:
+    """Copy a file or a tree, whichever ``source`` is."""
+    if isinstance(source, TreeSource):
+        if expected_sha256:
+            raise InvalidTransfer("a checksum can only be declared for a single file", field="sha256")
+        return copy_tree(source, destination, path, overwrite=overwrite, resume=resume, progress=progress)
+    return copy_file(source, destination, path, overwrite=overwrite, resume=resume,
+                     expected_sha256=expected_sha256, progress=progress)
+
+
+__all__ = [
+    "Destination",
+    "FileSource",
+    "HttpFile",
+    "LocalDestination",
+    "LocalFile",
+    "LocalTree",
+    "Progress",
+    "SiteDestination",
+    "SiteFile",
+    "SiteTree",
+    "TransferResult",
+    "TreeSource",
+    "copy",
+    "copy_file",
+    "copy_tree",
+    "local_source",
+    "site_source",
+    "tree_digest",
+]

@@ -1,0 +1,256 @@
+"""The transfer engine against the real sshd (no Airflow): streaming, tar, resume, checksums, confinement."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from data_logistics import transfer
+from data_logistics.errors import ChecksumMismatch, DestinationExists, PathOutsideWorkDir, SourceUnavailable
+from data_logistics.transfer import (
+    HttpFile,
+    LocalDestination,
+    LocalFile,
+    LocalTree,
+    Progress,
+    SiteDestination,
+    copy_file,
+    copy_tree,
+)
+from hpcwaas.ssh import SSHSession
+from tests.data_logistics.conftest import make_file, make_tree
+
+pytestmark = pytest.mark.site
+
+MiB = 1024 * 1024
+
+
+def _remote_sha(session: SSHSession, path: str) -> str:
+    return session.run(["sha256sum", "--", path], check=True).stdout.split()[0]
+
+
+def _listing(session: SSHSession, directory: str) -> list[str]:
+    return sorted(session.run(["ls", "-A1", "--", directory], check=True).stdout.splitlines())
+
+
+def test_big_file_is_streamed_verified_and_renamed_into_place(tmp_path: Path, session: SSHSession,
+                                                               work_dir: str) -> None:
+    digest = make_file(tmp_path / "big.bin", 48 * MiB)
+    seen: list[Progress] = []
+    result = copy_file(LocalFile(tmp_path / "big.bin"), SiteDestination(session, work_dir), "in/big.bin",
+                       progress=seen.append)
+    assert result.sha256 == digest and result.size == 48 * MiB and result.resumed_from == 0
+    assert result.path == f"{work_dir}/in/big.bin"
+    assert _remote_sha(session, result.path) == digest
+    assert _listing(session, f"{work_dir}/in") == ["big.bin"]  # no temporary file left
+    phases = [p.phase for p in seen]
+    assert phases[0] == "transferring" and phases[-1] == "done" and "verifying" in phases
+    done = [p.bytes_done for p in seen]
+    assert done == sorted(done) and seen[-1].bytes_total == 48 * MiB and seen[-1].files_done == 1
+
+
+def test_many_small_files_travel_as_one_tar_stream(tmp_path: Path, session: SSHSession, work_dir: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = make_tree(tmp_path / "tree", 1500)
+    writers: list[str] = []
+    real = SiteDestination.tar_writer
+
+    def counting(self: SiteDestination, part: str) -> transfer.Writer:
+        writers.append(part)
+        return real(self, part)
+
+    monkeypatch.setattr(SiteDestination, "tar_writer", counting)
+    seen: list[Progress] = []
+    result = copy_tree(LocalTree(tmp_path / "tree"), SiteDestination(session, work_dir), "dataset",
+                       progress=seen.append)
+    assert len(writers) == 1  # one remote tar -x for all 1500 files
+    assert result.files == 1500 and result.size == 1500 * 4096
+    assert result.sha256 == transfer.tree_digest(expected)
+    assert transfer.remote_manifest(session, f"{work_dir}/dataset") == expected
+    assert seen[-1].files_done == 1500 and seen[-1].phase == "done"
+    assert ".dataset.hpcwaas-part" not in _listing(session, work_dir)
+
+
+class _Dropping(LocalFile):
+    """A local file whose stream breaks after ``limit`` bytes, like a dropped connection."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(path)
+        self.limit = limit
+
+    @contextlib.contextmanager
+    def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+        with super().open(offset) as (honoured, chunks):
+
+            def broken() -> Iterator[bytes]:
+                sent = 0
+                for chunk in chunks:
+                    yield chunk
+                    sent += len(chunk)
+                    if sent >= self.limit:
+                        raise ConnectionResetError("connection dropped")
+
+            yield honoured, broken()
+
+
+def test_interrupted_transfer_resumes_from_the_partial_file(tmp_path: Path, session: SSHSession,
+                                                            work_dir: str) -> None:
+    digest = make_file(tmp_path / "f.bin", 24 * MiB, seed=2)
+    dest = SiteDestination(session, work_dir)
+    with pytest.raises(ConnectionResetError):
+        copy_file(_Dropping(tmp_path / "f.bin", 10 * MiB), dest, "f.bin")
+    assert _listing(session, work_dir) == [".f.bin.hpcwaas-part"]  # nothing at the final name
+    result = copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")
+    assert result.resumed_from >= 10 * MiB and result.sha256 == digest
+    assert _remote_sha(session, f"{work_dir}/f.bin") == digest
+    assert _listing(session, work_dir) == ["f.bin"]
+
+
+def test_corrupted_partial_file_is_detected_and_removed(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    make_file(tmp_path / "f.bin", 8 * MiB, seed=3)
+    dest = SiteDestination(session, work_dir)
+    with pytest.raises(ConnectionResetError):
+        copy_file(_Dropping(tmp_path / "f.bin", 4 * MiB), dest, "f.bin")
+    # Someone (a disk, a bug) flips bytes in what has already landed.
+    session.run(["sh", "-c", 'printf XXXX | dd of="$1" bs=1 seek=1000 conv=notrunc 2>/dev/null', "sh",
+                 f"{work_dir}/.f.bin.hpcwaas-part"], check=True)
+    with pytest.raises(ChecksumMismatch, match="corrupted transfer"):
+        copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")
+    assert _listing(session, work_dir) == []  # neither the bad data nor a final file
+
+
+def test_corruption_in_flight_is_detected(tmp_path: Path, session: SSHSession, work_dir: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    make_file(tmp_path / "f.bin", 3 * MiB, seed=4)
+    real_write = transfer._RemoteWriter.write
+    calls = {"n": 0}
+
+    def flipping(self: transfer._RemoteWriter, data: bytes) -> None:
+        calls["n"] += 1
+        real_write(self, bytes([data[0] ^ 0xFF]) + data[1:] if calls["n"] == 2 else data)
+
+    monkeypatch.setattr(transfer._RemoteWriter, "write", flipping)
+    with pytest.raises(ChecksumMismatch):
+        copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), "f.bin")
+    assert _listing(session, work_dir) == []
+
+
+def test_declared_checksum_that_does_not_match_fails(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    make_file(tmp_path / "f.bin", 1 * MiB)
+    with pytest.raises(ChecksumMismatch, match="declared sha256"):
+        copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), "f.bin",
+                  expected_sha256="0" * 64)
+    assert _listing(session, work_dir) == []
+
+
+@pytest.mark.parametrize("path", ["../escape.bin", "/etc/passwd-copy", "a/../../escape.bin", "/home/sciuser2/x"])
+def test_paths_outside_the_work_dir_are_refused(tmp_path: Path, session: SSHSession, work_dir: str,
+                                                path: str) -> None:
+    make_file(tmp_path / "f.bin", 1024)
+    with pytest.raises(PathOutsideWorkDir):
+        copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), path)
+
+
+def test_a_symlink_cannot_lead_out_of_the_work_dir(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    session.run(["sh", "-c", 'mkdir -p "$1" && ln -s /tmp "$1/out"', "sh", work_dir], check=True)
+    make_file(tmp_path / "f.bin", 1024)
+    with pytest.raises(PathOutsideWorkDir, match="outside the work directory"):
+        copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), "out/f.bin")
+
+
+def test_shell_metacharacters_in_names_are_just_names(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    make_file(tmp_path / "f.bin", 1024)
+    name = "a b;$(touch pwned)`id`'\".bin"
+    result = copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), name)
+    assert result.path.endswith(name)
+    assert _listing(session, work_dir) == [name]
+    assert session.run(["test", "-e", f"{work_dir}/pwned"]).exit_code != 0
+
+
+def test_existing_destination_needs_overwrite(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    make_file(tmp_path / "f.bin", 1024, seed=1)
+    dest = SiteDestination(session, work_dir)
+    copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")
+    digest = make_file(tmp_path / "f.bin", 2048, seed=9)
+    with pytest.raises(DestinationExists):
+        copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")
+    assert copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin", overwrite=True).sha256 == digest
+    assert _remote_sha(session, f"{work_dir}/f.bin") == digest
+
+
+def test_partial_tree_sends_only_missing_files_and_replaces_bad_ones(tmp_path: Path, session: SSHSession,
+                                                                     work_dir: str) -> None:
+    expected = make_tree(tmp_path / "tree", 300, size=1024)
+    dest = SiteDestination(session, work_dir)
+    part = f"{work_dir}/.ds.hpcwaas-part"
+    # An earlier run left 100 good files, one damaged file and a stray one.
+    small = tmp_path / "partial"
+    for rel in sorted(expected)[:100]:
+        (small / rel).parent.mkdir(parents=True, exist_ok=True)
+        (small / rel).write_bytes((tmp_path / "tree" / rel).read_bytes())
+    copy_tree(LocalTree(small), dest, ".ds.hpcwaas-part")
+    first = sorted(expected)[0]
+    session.run(["sh", "-c", 'printf junk > "$1/$2"; printf x > "$1/stray.txt"', "sh", part, first], check=True)
+    result = copy_tree(LocalTree(tmp_path / "tree"), dest, "ds")
+    assert result.resumed_from == 99 and result.files == 300
+    assert transfer.remote_manifest(session, f"{work_dir}/ds") == expected
+
+
+def test_site_to_site_file_and_tree_stream_through_the_worker(tmp_path: Path, session: SSHSession,
+                                                              session2: SSHSession, work_dir: str,
+                                                              work_dir2: str) -> None:
+    digest = make_file(tmp_path / "f.bin", 6 * MiB, seed=5)
+    tree = make_tree(tmp_path / "tree", 50)
+    here = SiteDestination(session, work_dir)
+    copy_file(LocalFile(tmp_path / "f.bin"), here, "f.bin")
+    copy_tree(LocalTree(tmp_path / "tree"), here, "tree")
+    there = SiteDestination(session2, work_dir2)
+    result = transfer.copy(transfer.site_source(session, work_dir, "f.bin"), there, "copy.bin")
+    assert result.sha256 == digest and _remote_sha(session2, f"{work_dir2}/copy.bin") == digest
+    result = transfer.copy(transfer.site_source(session, work_dir, "tree"), there, "tree")
+    assert result.files == 50 and transfer.remote_manifest(session2, f"{work_dir2}/tree") == tree
+
+
+def test_stage_out_to_local_storage(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    digest = make_file(tmp_path / "f.bin", 2 * MiB, seed=6)
+    copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir), "out/result.bin")
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    result = transfer.copy(transfer.site_source(session, work_dir, "out/result.bin"), LocalDestination(storage),
+                           "results/r.bin")
+    assert result.sha256 == digest and hashlib.sha256((storage / "results/r.bin").read_bytes()).hexdigest() == digest
+    tree = make_tree(tmp_path / "tree", 20)
+    copy_tree(LocalTree(tmp_path / "tree"), SiteDestination(session, work_dir), "out/tree")
+    transfer.copy(transfer.site_source(session, work_dir, "out"), LocalDestination(storage), "results/all")
+    assert transfer.local_manifest(storage / "results/all/tree") == tree
+    with pytest.raises(PathOutsideWorkDir):
+        transfer.copy(transfer.site_source(session, work_dir, "out/result.bin"), LocalDestination(storage), "../x")
+
+
+def test_http_download_resumes_with_range(tmp_path: Path, session: SSHSession, work_dir: str,
+                                          http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    digest = make_file(root / "image.sif", 12 * MiB, seed=7)
+    dest = SiteDestination(session, work_dir)
+
+    class DroppingHttp(HttpFile):
+        @contextlib.contextmanager
+        def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+            with super().open(offset) as (honoured, chunks):
+                def broken() -> Iterator[bytes]:
+                    for i, chunk in enumerate(chunks):
+                        yield chunk
+                        if i == 3:
+                            raise ConnectionResetError("dropped")
+                yield honoured, broken()
+
+    with pytest.raises(ConnectionResetError):
+        copy_file(DroppingHttp(f"{base}/image.sif", declared_sha256=digest), dest, "images/app.sif")
+    result = copy_file(HttpFile(f"{base}/image.sif", declared_sha256=digest), dest, "images/app.sif")
+    assert result.resumed_from > 0 and result.sha256 == digest
+    with pytest.raises(SourceUnavailable, match="404"):
+        copy_file(HttpFile(f"{base}/missing.sif"), dest, "images/none.sif")
