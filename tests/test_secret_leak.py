@@ -10,16 +10,18 @@ conftest.py runs this module last.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import ahocorasick
 import hvac
 import pytest
 
 from hpcwaas.stack.info import StackInfo, VaultInfo
 
 MAX_FILE = 512 * 1024 * 1024
+# Installed software trees (virtualenvs, the Debian tree Apptainer runs from) hold no state.
+SKIP_DIRS = {"venv", ".venv", "site-packages", "sid", "sidroot", "node_modules"}
 
 
 def _stored_private_keys(info: VaultInfo) -> list[str]:
@@ -53,7 +55,8 @@ def _files(roots: list[Path]) -> Iterator[Path]:
     for root in roots:
         if not root.exists():
             continue
-        for dirpath, _dirs, names in os.walk(root):
+        for dirpath, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
             for name in names:
                 path = Path(dirpath) / name
                 if path.is_file() and not path.is_symlink():
@@ -72,7 +75,15 @@ def test_private_keys_appear_nowhere_but_vault(stack: StackInfo, tmp_path_factor
                     raise
                 print(f"skipping the raft OpenBao: {exc}")
     assert private_keys, "the suite should have stored SSH keys in Vault before this test"
-    pattern = re.compile(b"|".join(re.escape(_needle(k)) for k in private_keys))
+    # Aho-Corasick finds any of hundreds of needles in one pass (a regex alternation is far slower).
+    automaton = ahocorasick.Automaton()
+    for key in private_keys:
+        needle = _needle(key).decode()
+        automaton.add_word(needle, needle)
+    automaton.make_automaton()
+
+    def leaks(data: bytes) -> bool:
+        return next(automaton.iter(data.decode("latin-1")), None) is not None
 
     roots = [
         stack.stack_dir,
@@ -90,7 +101,7 @@ def test_private_keys_appear_nowhere_but_vault(stack: StackInfo, tmp_path_factor
         except OSError:
             continue
         scanned += 1
-        if pattern.search(data):
+        if leaks(data):
             found.append(str(path))
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -100,7 +111,7 @@ def test_private_keys_appear_nowhere_but_vault(stack: StackInfo, tmp_path_factor
                 data = Path(f"/proc/{pid}/{what}").read_bytes()
             except OSError:
                 continue
-            if pattern.search(data):
+            if leaks(data):
                 found.append(f"/proc/{pid}/{what}")
     assert scanned > 50, "the search should have covered the stack's files"
     assert not found, f"private key material found outside Vault: {found}"
