@@ -49,6 +49,18 @@ def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
+def optional_user(
+    db: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> User | None:
+    """The caller when a token is sent (checked as strictly as by current_user), None when none is."""
+    if credentials is None or not credentials.credentials:
+        return None
+    return user_service.authenticate(db, credentials.credentials)
+
+
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
 def admin_user(user: CurrentUser) -> User:
     user_service.require_role(user, Role.ADMIN)
     return user

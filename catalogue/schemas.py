@@ -1,0 +1,406 @@
+"""Validated shapes of catalogue entries (their JSON Schema is published in the OpenAPI spec).
+
+Every value a person types is checked here: identifiers and names against patterns, URLs by
+scheme with no credentials and no ``..``, paths kept relative to their storage target, sizes and
+checksums by form, free metadata by key pattern and total size. Unknown fields are refused, so a
+typo in a field name is a 422 that names it rather than a silently dropped value.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
+
+Access = Literal["public", "restricted"]
+Protocol = Literal["sftp", "https", "file"]
+SortKey = Literal["relevance", "modified", "created", "title", "size"]
+SortOrder = Literal["asc", "desc"]
+
+PROTOCOLS: tuple[str, ...] = ("sftp", "https", "file")
+MAX_METADATA_BYTES = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$")
+
+
+def _single_line(value: str) -> str:
+    value = value.strip()
+    if _CONTROL.search(value):
+        raise ValueError("must be one line without control characters")
+    return value
+
+
+def _multi_line(value: str) -> str:
+    if _CONTROL_MULTILINE.search(value):
+        raise ValueError("must not contain control characters")
+    return value.strip()
+
+
+def _clean_path(path: str, *, absolute: bool) -> str:
+    """A POSIX path without '..', '.' or empty segments; absolute or relative as asked."""
+    if _CONTROL.search(path):
+        raise ValueError("path must not contain control characters")
+    if absolute and not path.startswith("/"):
+        raise ValueError("path must be absolute (start with '/')")
+    if not absolute and path.startswith("/"):
+        raise ValueError("path must be relative to the storage target's base path (no leading '/')")
+    body = path.strip("/")
+    if not body:
+        if absolute:
+            return "/"
+        raise ValueError("path must not be empty")
+    if any(s in ("", ".", "..") for s in body.split("/")):
+        raise ValueError("path must not contain '..', '.' or empty segments")
+    return ("/" if absolute else "") + body
+
+
+def _non_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+def _host(value: str) -> str:
+    value = value.strip().lower()
+    if not _HOST.match(value) or len(value) > 253:
+        raise ValueError("must be a host or site name (letters, digits, '-' and '.')")
+    return value
+
+
+def _location_url(value: str) -> str:
+    """A dataset URL: sftp://site/path, https://host/path or file:///path; no credentials."""
+    value = value.strip()
+    if _CONTROL.search(value) or " " in value:
+        raise ValueError("URL must not contain spaces or control characters")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in PROTOCOLS:
+        raise ValueError("URL scheme must be sftp, https or file (e.g. sftp://site/path)")
+    if "@" in parts.netloc:
+        raise ValueError("URL must not carry a user name or password; credentials live elsewhere")
+    if parts.fragment:
+        raise ValueError("URL must not have a #fragment")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("file URLs have no host: file:///absolute/path")
+    else:
+        try:
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"URL has a malformed host or port: {exc}") from None
+        if not host:
+            raise ValueError(f"{scheme} URLs need a host: {scheme}://site/path")
+        _host(host)
+    if scheme != "https" and parts.query:
+        raise ValueError("only https URLs may have a query")
+    if not parts.path or parts.path == "/":
+        raise ValueError("URL must name a path")
+    _clean_path(parts.path, absolute=True)
+    return f"{scheme}://{parts.netloc.lower()}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
+def _keyword(value: str) -> str:
+    value = " ".join(_single_line(value).lower().split())
+    if not 1 <= len(value) <= 64:
+        raise ValueError("keywords have 1 to 64 characters")
+    return value
+
+
+def _keywords(values: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for v in values:
+        seen.setdefault(v, None)
+    return list(seen)
+
+
+def _metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if len(json.dumps(value, ensure_ascii=False)) > MAX_METADATA_BYTES:
+        raise ValueError(f"free metadata is limited to {MAX_METADATA_BYTES // 1024} KiB of JSON")
+    return value
+
+
+Line = Annotated[str, AfterValidator(_single_line)]
+Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(_single_line), AfterValidator(_non_blank)]
+Description = Annotated[str, StringConstraints(max_length=20000), AfterValidator(_multi_line)]
+DatasetId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$"),
+                      Field(description="A stable dataset identifier: 32 lower-case hex characters.")]
+Username = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{1,63}$"),
+                     Field(description="A user name of the gateway.")]
+TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$"),
+                       Field(description="1-63 characters: lower-case letters, digits and '-'.")]
+Host = Annotated[str, StringConstraints(max_length=253), AfterValidator(_host)]
+Format = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+/_-]{0,99}$", to_lower=True),
+                   Field(description="A format name or media type, e.g. netcdf or text/csv.")]
+Checksum = Annotated[str, StringConstraints(pattern=r"^(sha256:)?[0-9a-fA-F]{64}$"),
+                     AfterValidator(lambda v: v.lower().removeprefix("sha256:")),
+                     Field(description="SHA-256 of the content, 64 hex characters.")]
+License = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line),
+                    Field(description="An SPDX identifier (CC-BY-4.0) or a licence URL.")]
+Keyword = Annotated[str, StringConstraints(max_length=200), AfterValidator(_keyword)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_single_line)]
+Doi = Annotated[str, StringConstraints(pattern=r"^10\.\d{4,9}/[^\s]{1,240}$"),
+                Field(description="A DOI without resolver, e.g. 10.5281/zenodo.123")]
+Handle = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)*/[^\s]{1,240}$"),
+                   Field(description="A Handle, e.g. 21.T11148/abc")]
+LocationUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_location_url),
+                        Field(description="sftp://site/path, https://host/path or file:///path")]
+RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024),
+                         AfterValidator(lambda v: _clean_path(v, absolute=False)),
+                         Field(description="A path under the storage target's base path, e.g. runs/2024/x.nc")]
+AbsolutePath = Annotated[str, StringConstraints(min_length=1, max_length=1024),
+                         AfterValidator(lambda v: _clean_path(v, absolute=True))]
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+Metadata = Annotated[dict[MetadataKey, JsonValue], Field(max_length=100), AfterValidator(_metadata)]
+Keywords = Annotated[list[Keyword], Field(max_length=30), AfterValidator(_keywords)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Creator(Strict):
+    """A person or organisation that made the dataset."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line)]
+    orcid: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")] | None = Field(
+        default=None, description="ORCID iD, e.g. 0000-0002-1825-0097"
+    )
+    affiliation: Annotated[str, StringConstraints(max_length=200), AfterValidator(_single_line)] | None = None
+
+
+class DatasetFields(Strict):
+    """Fields shared by creation and import."""
+
+    title: Title
+    description: Description = ""
+    location: LocationUrl | None = Field(default=None, description="Where the data is, as a URL; or use "
+                                         "storage_target and path; or leave all three empty for now.")
+    storage_target: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="A storage target's id or name (with path)."
+    )
+    path: RelativePath | None = None
+    format: Format | None = None
+    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    checksum_sha256: Checksum | None = None
+    license: License | None = None
+    creators: Annotated[list[Creator], Field(max_length=50)] = []
+    keywords: Keywords = []
+    version: Version | None = None
+    access: Access = Field(default="restricted", description="public: anyone may read it; restricted: its "
+                           "owner, the listed readers and admins only.")
+    readers: Annotated[list[Username], Field(max_length=200)] = []
+    doi: Doi | None = None
+    handle: Handle | None = None
+    metadata: Metadata = {}
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DatasetFields:
+        check_location(self.location, self.storage_target, self.path)
+        return self
+
+
+def check_location(location: str | None, storage_target: str | None, path: str | None) -> None:
+    """A dataset is located by a URL, or by a storage target and a path, or not yet at all."""
+    if location is not None and (storage_target is not None or path is not None):
+        raise ValueError("give either location (a URL) or storage_target and path, not both")
+    if (storage_target is None) != (path is None):
+        raise ValueError("storage_target and path go together")
+
+
+class DatasetCreate(DatasetFields):
+    """A new dataset. ``access`` defaults to restricted: publishing is a deliberate choice."""
+
+
+class DatasetRecord(DatasetFields):
+    """One line of a bulk import or export: a dataset with its stable id (new when absent)."""
+
+    id: DatasetId | None = None
+
+
+class DatasetUpdate(Strict):
+    """A partial change. Absent fields are kept; ``null`` clears an optional field.
+
+    The location is one unit: giving any of location, storage_target or path replaces all three.
+    ``expected_revision`` makes the change conditional (409 when someone changed it meanwhile)."""
+
+    title: Title | None = None
+    description: Description | None = None
+    location: LocationUrl | None = None
+    storage_target: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    path: RelativePath | None = None
+    format: Format | None = None
+    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    checksum_sha256: Checksum | None = None
+    license: License | None = None
+    creators: Annotated[list[Creator], Field(max_length=50)] | None = None
+    keywords: Keywords | None = None
+    version: Version | None = None
+    access: Access | None = None
+    readers: Annotated[list[Username], Field(max_length=200)] | None = None
+    doi: Doi | None = None
+    handle: Handle | None = None
+    metadata: Metadata | None = None
+    expected_revision: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> DatasetUpdate:
+        for name in ("title", "access"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be cleared")
+        if {"location", "storage_target", "path"} & self.model_fields_set:
+            check_location(self.location, self.storage_target, self.path)
+        return self
+
+
+class StorageTargetRef(BaseModel):
+    id: str
+    name: str
+
+
+class DatasetOut(BaseModel):
+    """A dataset as the API shows it. ``readers`` is shown to the owner and admins only."""
+
+    id: str
+    title: str
+    description: str
+    location: str | None
+    storage_target: StorageTargetRef | None
+    path: str | None
+    protocol: Protocol | None
+    site: str | None
+    format: str | None
+    size_bytes: int | None
+    checksum_sha256: str | None
+    license: str | None
+    creators: list[Creator]
+    keywords: list[str]
+    version: str | None
+    access: Access
+    readers: list[str] | None
+    doi: str | None
+    handle: str | None
+    metadata: dict[str, JsonValue]
+    owner: str
+    created_at: datetime
+    modified_at: datetime
+    revision: int
+
+
+class Highlight(BaseModel):
+    """Matches of a search, as HTML: the text is escaped and the matches wrapped in <mark>."""
+
+    title_html: str
+    snippet_html: str
+
+
+class DatasetHit(DatasetOut):
+    highlight: Highlight | None = None
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetHit]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last one.")
+
+
+class DatasetFilters(Strict):
+    """Query parameters of the listing and of the search."""
+
+    q: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        default=None, description="Words to find in title, description and keywords (all must match; "
+                                  "prefixes match too). Punctuation and operators are ignored.")
+    keyword: Annotated[list[Keyword], Field(max_length=10)] = Field(default=[], description="Has every keyword.")
+    format: Format | None = None
+    owner: Username | None = None
+    access: Access | None = None
+    site: Host | None = None
+    protocol: Protocol | None = None
+    sort: SortKey | None = Field(default=None, description="relevance when searching, else modified.")
+    order: SortOrder | None = Field(default=None, description="desc by default (asc for title).")
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    revision: int
+    action: str
+    actor: str | None = Field(validation_alias="actor_name")
+    at: datetime
+    changes: list[str]
+    snapshot: dict[str, Any]
+
+
+class Resolved(BaseModel):
+    """Where a dataset's bytes are, for a pipeline: protocol, site (or host) and absolute path."""
+
+    dataset_id: str
+    protocol: Protocol
+    site: str | None = Field(description="The site (sftp, storage target) or host (https); null for file.")
+    path: str
+    url: str
+    storage_target: str | None = Field(description="The storage target's name, when located by one.")
+    checksum_sha256: str | None
+    size_bytes: int | None
+    format: str | None
+    revision: int
+
+
+class ImportReport(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+    ids: list[str]
+
+
+class StorageTargetCreate(Strict):
+    name: TargetName
+    site: Host = Field(description="The gateway site name (sftp) or host name (https); 'localhost' for file.")
+    protocol: Protocol
+    base_path: AbsolutePath
+    description: Description | None = None
+
+
+class StorageTargetUpdate(Strict):
+    site: Host | None = None
+    protocol: Protocol | None = None
+    base_path: AbsolutePath | None = None
+    description: Description | None = None
+
+
+class StorageTargetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    site: str
+    protocol: Protocol
+    base_path: str
+    description: str | None
+    owner: str = Field(validation_alias="owner_name")
+    created_at: datetime
+    modified_at: datetime
+
+
+def join_under(base_path: str, path: str) -> str:
+    """``path`` under ``base_path``, refusing anything that would leave it."""
+    joined = posixpath.normpath(posixpath.join(base_path, path))
+    base = posixpath.normpath(base_path)
+    if joined != base and not joined.startswith(base.rstrip("/") + "/"):
+        raise ValueError(f"path {path!r} leaves the base path {base_path!r}")
+    return joined

@@ -1,0 +1,132 @@
+"""Full-text search over title, description and keywords: SQLite FTS5 or PostgreSQL tsvector.
+
+A person's search text never reaches FTS or tsquery syntax as typed. It is cut into words
+(letters and digits; everything else, quotes, operators, SQL, is a separator) and each word is
+rebuilt as a quoted prefix term: ``"word"*`` for FTS5, ``'word':*`` for ``to_tsquery``, joined
+with AND, and always sent as a bound parameter. Text without any word is a clear error.
+
+The index itself is made by migration 0002: an external-content FTS5 table kept in sync by
+triggers on SQLite, a GIN expression index on PostgreSQL. The expressions below must stay
+identical to the migration's for PostgreSQL to use its index.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, func, literal_column, text
+from sqlalchemy.orm import Session
+
+from catalogue.errors import InvalidQuery
+from catalogue.models import FTS_TABLE, PG_SEARCH_INDEX
+
+MAX_TERMS = 12
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)  # letters and digits, as FTS5's unicode61 tokenizer splits
+PG_DOCUMENT = (
+    "to_tsvector('simple'::regconfig, coalesce(title, '') || ' ' || coalesce(description, '') || ' ' "
+    "|| coalesce(keywords::text, ''))"
+)
+# bm25 weights for title, description, keywords.
+_BM25 = f"bm25({FTS_TABLE}, 10.0, 1.0, 5.0)"
+
+
+def terms_of(text_: str) -> list[str]:
+    """The words of a search text, lower-cased, deduplicated, at most MAX_TERMS.
+
+    Raises InvalidQuery (a 422 naming ``q``) when nothing searchable is left."""
+    words: dict[str, None] = {}
+    for w in _WORD.findall(text_.lower()):
+        words.setdefault(w[:64], None)
+    if not words:
+        raise InvalidQuery(
+            "the search text has no letters or digits to look for",
+            hint="search for words, e.g. 'ocean temperature'; punctuation and operators are ignored",
+            field="q",
+        )
+    if len(words) > MAX_TERMS:
+        raise InvalidQuery(f"the search text has more than {MAX_TERMS} words", hint="use fewer words", field="q")
+    return list(words)
+
+
+def fts5_query(terms: list[str]) -> str:
+    """An FTS5 MATCH expression: every term quoted (inner quotes doubled) as a prefix, ANDed."""
+    return " AND ".join('"' + t.replace('"', '""') + '"*' for t in terms)
+
+
+def tsquery(terms: list[str]) -> str:
+    """A to_tsquery expression: every term quoted as a lexeme (quotes and backslashes escaped), prefix, ANDed."""
+    return " & ".join("'" + t.replace("\\", "\\\\").replace("'", "''") + "':*" for t in terms)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The pieces a listing query needs to search: a join (SQLite), a condition and a rank."""
+
+    condition: ColumnElement[bool]
+    rank: ColumnElement[Any]  # ascending = best first
+    fts_join: bool  # SQLite: join the FTS table on rowid = pk
+
+
+def match(dialect: str, terms: list[str]) -> Match:
+    """The search condition and ranking for a dialect."""
+    if dialect == "sqlite":
+        condition = literal_column(FTS_TABLE).op("MATCH")(bindparam("fts_q", fts5_query(terms)))
+        return Match(condition=condition, rank=literal_column(_BM25), fts_join=True)
+    if dialect == "postgresql":
+        query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("ts_q", tsquery(terms)))
+        document: ColumnElement[Any] = literal_column(PG_DOCUMENT)
+        return Match(condition=document.op("@@")(query), rank=-func.ts_rank(document, query), fts_join=False)
+    raise InvalidQuery(f"full-text search is not available on {dialect}")
+
+
+def fts_table() -> Any:
+    """The FTS5 table as a selectable with its rowid (SQLite only)."""
+    from sqlalchemy import column, table
+
+    return table(FTS_TABLE, column("rowid"))
+
+
+def rebuild(session: Session) -> None:
+    """Rebuild the index from the datasets table (after a restore or a table rebuild)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        session.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))  # noqa: S608 - constant
+    elif dialect == "postgresql":
+        session.execute(text(f"REINDEX INDEX {PG_SEARCH_INDEX}"))
+    session.commit()
+
+
+def _pattern(terms: list[str]) -> re.Pattern[str]:
+    # Word-start prefix matches, as the index matches them.
+    alternatives = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})[^\W_]*", re.IGNORECASE)
+
+
+def highlight(value: str, terms: list[str]) -> str:
+    """The text HTML-escaped, with the matching words wrapped in <mark>."""
+    if not terms or not value:
+        return html.escape(value)
+    out: list[str] = []
+    last = 0
+    for m in _pattern(terms).finditer(value):
+        out.append(html.escape(value[last:m.start()]))
+        out.append(f"<mark>{html.escape(m.group(0))}</mark>")
+        last = m.end()
+    out.append(html.escape(value[last:]))
+    return "".join(out)
+
+
+def snippet(value: str, terms: list[str], width: int = 240) -> str:
+    """Up to ``width`` characters around the first match, HTML-escaped and highlighted."""
+    first = _pattern(terms).search(value) if terms else None
+    start = 0 if first is None else max(0, first.start() - width // 3)
+    if start:
+        space = value.rfind(" ", 0, start)
+        start = space + 1 if space >= 0 and start - space < 30 else start
+    piece = value[start:start + width]
+    prefix = "…" if start else ""
+    suffix = "…" if start + width < len(value) else ""
+    return html.escape(prefix) + highlight(piece, terms) + html.escape(suffix)
