@@ -12,8 +12,10 @@ from deployer.loader import open_package, parse_yaml
 from deployer.validate import load_topology
 from tests.deployer.conftest import HEADER
 
-TPL = HEADER + "topology_template:\n  node_templates:\n    n:\n      type: tosca.nodes.Root\n" \
+TPL = (
+    HEADER + "topology_template:\n  node_templates:\n    n:\n      type: tosca.nodes.Root\n"
     "      interfaces: {Standard: {create: playbooks/p.yml}}\n"
+)
 PLAY = b"- hosts: all\n  gather_facts: false\n  tasks: []\n"
 
 
@@ -22,7 +24,9 @@ def test_csar_forms_and_cleanup(tmp_path: Path, meta: bool) -> None:
     csar = tmp_path / "x.csar"
     with zipfile.ZipFile(csar, "w") as zf:
         if meta:
-            zf.writestr("TOSCA-Metadata/TOSCA.meta", "TOSCA-Meta-File-Version: 1.1\nEntry-Definitions: defs/main.yaml\n")
+            zf.writestr(
+                "TOSCA-Metadata/TOSCA.meta", "TOSCA-Meta-File-Version: 1.1\nEntry-Definitions: defs/main.yaml\n"
+            )
             zf.writestr("defs/main.yaml", TPL)
             zf.writestr("defs/playbooks/p.yml", PLAY)
         else:
