@@ -470,6 +470,10 @@ class Destination(ABC):
     def commit(self, part: str, final: str, overwrite: bool) -> None:
         """Rename ``part`` to ``final`` (replacing it only with ``overwrite``)."""
 
+    @abstractmethod
+    def seed(self, final: str, part: str) -> None:
+        """Start a partial directory as hard links to an existing copy (for mirrors)."""
+
 
 class _RemoteWriter(Writer):
     def __init__(self, session: SSHSession, argv: list[str], what: str) -> None:
@@ -554,6 +558,10 @@ class SiteDestination(Destination):
         else:
             script = 'if [ -e "$2" ] || [ -L "$2" ]; then echo "$2 exists" >&2; exit 1; fi; mv -T -- "$1" "$2"'
         remote.run_checked(self.session, remote.sh(script, part, final), "moving the data into place")
+
+    def seed(self, final: str, part: str) -> None:
+        # tar -x replaces files by unlinking them first, so the existing copy is never modified.
+        remote.run_checked(self.session, ["cp", "-al", "--", final, part], "seeding the mirror")
 
 
 class _LocalProcessWriter(Writer):
@@ -653,6 +661,9 @@ class LocalDestination(Destination):
                 self.remove(str(old))
                 return
         os.replace(part, dst)
+
+    def seed(self, final: str, part: str) -> None:
+        subprocess.run(["cp", "-al", "--", final, part], check=True, capture_output=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -848,6 +859,19 @@ def copy_tree(
     )
 
 
+def mirror_tree(source: TreeSource, destination: Destination, path: str, *,
+                progress: ProgressFn | None = None) -> TransferResult:
+    """Make ``path`` an exact copy of the tree, sending only the files that changed.
+
+    The new state is assembled next to the old one (hard links to unchanged files) and swapped in
+    at the end, so readers see either the old copy or the new one.
+    """
+    state = destination.prepare(path)
+    if state.exists and state.partial_size < 0:
+        destination.seed(state.final, state.part)
+    return copy_tree(source, destination, path, overwrite=True, resume=True, progress=progress)
+
+
 def site_is_dir(session: SSHSession, path: str) -> bool:
     """Whether ``path`` on the site is a directory (following symlinks)."""
     result = session.run(["test", "-d", path], timeout=60)
@@ -909,6 +933,7 @@ __all__ = [
     "copy_file",
     "copy_tree",
     "local_source",
+    "mirror_tree",
     "site_source",
     "tree_digest",
 ]

@@ -47,6 +47,24 @@ class Settings(BaseSettings):
     # The local stack (development, tests, demo).
     stack_dir: Path = DEFAULT_STACK_DIR
 
+    # Data logistics: the Airflow API server, and what the pipelines' tasks use.
+    airflow_url: str = "http://127.0.0.1:18080"
+    airflow_username: str = "admin"
+    airflow_password_file: Path | None = Field(
+        default=None, description="File holding the Airflow user's password (the stack writes one)."
+    )
+    pipelines_storage_root: Path = Field(
+        default=DEFAULT_STACK_DIR / "airflow" / "storage",
+        description="Local storage target of the pipelines (file: URLs); paths stay inside it.",
+    )
+    pipelines_wrap_ttl: str = Field(default="900s", pattern=r"^[1-9][0-9]{0,5}[smh]$",
+                                    description="Lifetime of the single-use Vault token a run gets.")
+    pipelines_sync_schedule: str | None = Field(default=None, description="The sync DAG's schedule (cron or @hourly).")
+    pipelines_sync_file: Path | None = Field(default=None, description="JSON list of the mirrors sync maintains.")
+    pipelines_sync_vault_token_file: Path | None = Field(
+        default=None, description="Vault token (policy: read the mirrors' keys only) for scheduled syncs."
+    )
+
     # The CLI: where the gateway is and which token to use (overrides the CLI's config file).
     url: str | None = None
     token: SecretStr | None = None

@@ -120,6 +120,24 @@ class PostgresInfo(BaseModel):
         }
 
 
+class AirflowInfo(BaseModel):
+    """Airflow 3 for the data-logistics pipelines (REST API v2, simple auth manager)."""
+
+    url: str = Field(description="e.g. http://127.0.0.1:18080")
+    username: str
+    password_file: Path
+    home: Path
+    venv: Path
+    dags_folder: Path
+    storage_root: Path = Field(description="the pipelines' local storage target")
+    log_dir: Path
+    version: str
+
+    def password(self) -> str:
+        """The API user's password."""
+        return _read(self.password_file)
+
+
 class StackInfo(BaseModel):
     """Everything the local stack offers; a service not brought up is None."""
 
@@ -129,6 +147,7 @@ class StackInfo(BaseModel):
     vault_raft: VaultInfo | None = None
     site: SiteInfo | None = None
     postgres: PostgresInfo | None = None
+    airflow: AirflowInfo | None = None
 
     def vault(self, flavour: Literal["dev", "raft"] | None = None) -> VaultInfo:
         """The dev server by default, else the raft one; ``LookupError`` if it was never started."""

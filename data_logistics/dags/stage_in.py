@@ -1,0 +1,7 @@
+"""The ``stage_in`` pipeline as an Airflow DAG (built by data_logistics.dag_factory)."""
+
+from __future__ import annotations
+
+from data_logistics.dag_factory import build
+
+dag = build("stage_in")
