@@ -174,6 +174,12 @@ def _parse_exit(text: str) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
+def _fields(line: str) -> dict[str, str]:
+    """``Key=Value`` pairs of one ``scontrol -o`` line (values may contain spaces)."""
+    pairs = (tok.split("=", 1) for tok in re.split(r" (?=[A-Za-z:/]+=)", line.strip()) if "=" in tok)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def _check_job_id(job_id: str) -> str:
     if not re.fullmatch(r"\d+(_\d+)?", job_id):
         raise SchedulerError(f"not a Slurm job id: {job_id!r}")
@@ -224,14 +230,20 @@ class Slurm:
         return job_id, result.exit_code
 
     def find_by_comment(self, comment: str) -> list[str]:
-        """Ids of this login's jobs (queued, running or recorded in accounting) with this tag."""
+        """Ids of this login's jobs with this tag: queued, running, recently ended or in accounting.
+
+        The controller keeps ended jobs for ``MinJobAge`` and accounting lags a few seconds behind,
+        so both are asked. Accounting only keeps tags with ``AccountingStoreFlags=job_comment``
+        (the local stack sets it).
+        """
         JobSpec(script="#!", comment=comment)  # validates the tag
         ids: set[str] = set()
-        queued = self.session.run(["squeue", "-h", "--me", "-o", "%i|%k"], timeout=60)
-        for line in queued.stdout.splitlines():
-            jid, _, tag = line.partition("|")
-            if tag.strip() == comment:
-                ids.add(jid.strip())
+        me = self.session.username
+        live = self.session.run(["scontrol", "show", "job", "-o"], timeout=60)
+        for line in live.stdout.splitlines():
+            fields = _fields(line)
+            if fields.get("Comment") == comment and fields.get("UserId", "").split("(")[0] == me:
+                ids.add(fields.get("JobId", ""))
         acct = self.session.run(
             ["sacct", "-n", "-P", "-X", "--starttime=now-7days", "--format=JobID,Comment"], timeout=60
         )
@@ -240,6 +252,7 @@ class Slurm:
                 jid, _, tag = line.partition("|")
                 if tag.strip() == comment:
                     ids.add(jid.strip())
+        ids.discard("")
         return sorted(ids, key=lambda j: int(j.split("_")[0]))
 
     def status(self, job_id: str) -> JobInfo:
@@ -247,9 +260,7 @@ class Slurm:
         _check_job_id(job_id)
         live = self.session.run(["scontrol", "show", "job", "-o", job_id], timeout=60)
         if live.exit_code == 0 and live.stdout.strip():
-            fields = dict(
-                tok.split("=", 1) for tok in re.split(r" (?=[A-Za-z:/]+=)", live.stdout.strip()) if "=" in tok
-            )
+            fields = _fields(live.stdout.strip())
             exit_code, signal = _parse_exit(fields.get("ExitCode", ""))
             return JobInfo(
                 job_id=job_id,

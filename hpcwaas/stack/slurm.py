@@ -159,6 +159,24 @@ class Slurm(Service):
 
     def render_slurm_conf(self, first_job_id: int | None) -> bool:
         """Write slurm.conf; True if its content changed."""
+        text = self._slurm_conf_text(first_job_id)
+        old = self.slurm_conf.read_text() if self.slurm_conf.exists() else None
+        if old != text:
+            write_file(self.slurm_conf, text, 0o644)
+        return old != text
+
+    def conf_is_current(self) -> bool:
+        """Whether the running daemons' slurm.conf matches what this code would write (the
+        FirstJobId line aside, which only matters at a cold start)."""
+        if not self.slurm_conf.exists():
+            return False
+
+        def settings(text: str) -> list[str]:
+            return [line for line in text.splitlines() if "FirstJobId" not in line]
+
+        return settings(self.slurm_conf.read_text()) == settings(self._slurm_conf_text(None))
+
+    def _slurm_conf_text(self, first_job_id: int | None) -> str:
         partitions = "\n".join(
             f"PartitionName={p} Nodes=localhost {'Default=YES ' if i == 0 else ''}MaxTime=INFINITE State=UP"
             for i, p in enumerate(PARTITIONS)
@@ -196,15 +214,14 @@ AccountingStorageHost=localhost
 AccountingStoragePort={DBD_PORT}
 # With a private munge socket, the accounting connection needs it named here.
 AccountingStoragePass={self.munge_socket}
+# Keep --comment in accounting: resumed runs find their jobs by tag after they leave the queue.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 {f"FirstJobId={first_job_id}" if first_job_id else "# FirstJobId: continued from the controller state"}
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory=8000 State=UNKNOWN
 {partitions}
 """
-        old = self.slurm_conf.read_text() if self.slurm_conf.exists() else None
-        if old != text:
-            write_file(self.slurm_conf, text, 0o644)
-        return old != text
+        return text
 
     def render_dbd_conf(self) -> None:
         write_secret(
@@ -259,8 +276,12 @@ innodb_lock_wait_timeout = 900
         return super().healthy() and self.munge_socket.exists()
 
     def up(self) -> bool:
-        if self.healthy():
+        if self.healthy() and self.conf_is_current():
             return True
+        if self.healthy():
+            # An upgrade changed the configuration: restart the controller and the node with it.
+            self._slurmctld().stop()
+            self._slurmd().stop()
         ensure_dir(self.dir, 0o755)
         ensure_dir(self.log_dir, 0o755)
         # Site users need to reach the munge socket; the key inside stays 0600.
