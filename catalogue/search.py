@@ -25,9 +25,10 @@ from catalogue.models import FTS_TABLE, PG_SEARCH_INDEX
 
 MAX_TERMS = 12
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)  # letters and digits, as FTS5's unicode61 tokenizer splits
+# The migration's index expression, with the columns qualified (queries join other tables).
 PG_DOCUMENT = (
-    "to_tsvector('simple'::regconfig, coalesce(title, '') || ' ' || coalesce(description, '') || ' ' "
-    "|| coalesce(keywords::text, ''))"
+    "to_tsvector('simple'::regconfig, coalesce(catalogue_datasets.title, '') || ' ' || "
+    "coalesce(catalogue_datasets.description, '') || ' ' || coalesce(catalogue_datasets.keywords::text, ''))"
 )
 # bm25 weights for title, description, keywords.
 _BM25 = f"bm25({FTS_TABLE}, 10.0, 1.0, 5.0)"

@@ -596,7 +596,8 @@ def _insert_many(db: Session, who: Principal, rows: list[dict[str, Any]], record
         chunk = rows[start:start + _IMPORT_BATCH]
         chunk_records = records[start:start + _IMPORT_BATCH]
         db.execute(insert(Dataset), chunk)
-        pks = dict(db.execute(select(Dataset.id, Dataset.pk).where(Dataset.id.in_([r["id"] for r in chunk]))).tuples())
+        found = db.execute(select(Dataset.id, Dataset.pk).where(Dataset.id.in_([r["id"] for r in chunk])))
+        pks: dict[str, int] = dict(found.tuples().all())
         keywords = [{"dataset_pk": pks[r["id"]], "keyword": k} for r in chunk for k in r["keywords"]]
         readers = [{"dataset_pk": pks[r["id"]], "username": u} for r, rec in zip(chunk, chunk_records, strict=True)
                    for u in dict.fromkeys(rec.readers)]
