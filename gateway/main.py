@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from gateway.api import errors
-from gateway.api.routes import catalogue, health, jobs, sites, ssh_keys, tokens, users
+from gateway.api.routes import catalogue, health, images, jobs, sites, ssh_keys, tokens, users
 from gateway.core.config import Settings, get_settings
 from gateway.core.db import make_engine, make_session_factory, redacted
+from gateway.services import images as image_service
 from hpcwaas import __version__
 from hpcwaas.vault import Vault
 
@@ -31,8 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         app.state.vault = Vault.from_settings(settings)
+        app.state.image_worker = image_service.start_worker(settings, app.state.sessions)
         log.info("gateway up: database %s, vault %s", redacted(settings.effective_database_url), settings.vault_addr)
         yield
+        app.state.image_worker.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = request.state.request_id
         return response
 
-    for module in (health, users, tokens, sites, jobs, ssh_keys, catalogue):
+    for module in (health, users, tokens, sites, jobs, ssh_keys, catalogue, images):
         app.include_router(module.router)
     return app
 

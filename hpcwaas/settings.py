@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # The local stack (development, tests, demo).
     stack_dir: Path = DEFAULT_STACK_DIR
 
+    # Container images (containers/): the store, and the Apptainer builder tree the stack prepares.
+    images_dir: Path | None = Field(default=None, description="Image store; `home`/images when unset.")
+    builder_dir: Path | None = Field(default=None, description="Builder tree; `stack_dir`/apptainer when unset.")
+    image_mirror: str = Field(default="http://deb.debian.org/debian", pattern=r"^https?://[A-Za-z0-9.:/_-]+$")
+    image_build_timeout: float = Field(default=3600.0, gt=0)
+    image_build_workers: int = Field(default=1, ge=1, le=16)
+    image_build_lease_seconds: float = Field(default=60.0, ge=5)
+
     # Data logistics: the Airflow API server, and what the pipelines' tasks use.
     airflow_url: str = "http://127.0.0.1:18080"
     airflow_username: str = "admin"
@@ -83,6 +91,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'hpcwaas.db'}"
+
+    @property
+    def effective_images_dir(self) -> Path:
+        """The image store, defaulting to ``home``/images."""
+        return self.images_dir or self.home / "images"
+
+    @property
+    def effective_builder_dir(self) -> Path:
+        """The Apptainer builder tree's folder, defaulting to the stack's."""
+        return self.builder_dir or self.stack_dir / "apptainer"
 
     def vault_token_value(self) -> str | None:
         """The gateway's Vault token, from the setting or the token file."""

@@ -56,6 +56,7 @@ for module_name, attr, name, help_text in (
     ("hpcwaas.stack.cli", "app", "stack", "The local development stack."),
     ("deployer.cli", "app", "tosca", "TOSCA topologies: validate, plan, deploy, run."),
     ("catalogue.cli", "app", "catalogue", "The data catalogue: search, show, add, edit, rm, import, export."),
+    ("containers.cli", "app", "images", "Container images: build, status, logs, list, show, pull, rm."),
 ):
     try:
         module = importlib.import_module(module_name)

@@ -30,7 +30,7 @@ OnlyOption = Annotated[
     str | None,
     typer.Option("--only", help=f"Comma-separated services ({', '.join(REGISTRY)}; `openbao` = the flavour)."),
 ]
-STATE_STYLE = {"running": "green", "stopped": "dim", "stale": "yellow", "unhealthy": "red"}
+STATE_STYLE = {"running": "green", "ready": "green", "stopped": "dim", "stale": "yellow", "unhealthy": "red"}
 
 
 def _fail(exc: StackError) -> typer.Exit:

@@ -120,6 +120,19 @@ class PostgresInfo(BaseModel):
         }
 
 
+class ApptainerInfo(BaseModel):
+    """The Apptainer builder: a Debian sid tree entered with pivot_root (see ``stack/apptainer.py``)."""
+
+    tree: Path
+    version: str = Field(description="e.g. `apptainer version 1.4.5`")
+    build_user: str = Field(description="the non-root user builds run as inside the tree")
+    build_uid: int
+    builds_dir: str = Field(description="where builds happen, as a path inside the tree")
+    mirror: str
+    site_command: Path = Field(description="`apptainer` for non-root site users (jobs run it)")
+    site_binds: list[Path] = Field(description="host paths visible to `site_command`")
+
+
 class AirflowInfo(BaseModel):
     """Airflow 3 for the data-logistics pipelines (REST API v2, simple auth manager)."""
 
@@ -148,6 +161,7 @@ class StackInfo(BaseModel):
     site: SiteInfo | None = None
     postgres: PostgresInfo | None = None
     airflow: AirflowInfo | None = None
+    apptainer: ApptainerInfo | None = None
 
     def vault(self, flavour: Literal["dev", "raft"] | None = None) -> VaultInfo:
         """The dev server by default, else the raft one; ``LookupError`` if it was never started."""

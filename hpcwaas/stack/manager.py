@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Importing the modules registers their services.
-from hpcwaas.stack import airflow, openbao, postgres, slurm, sshd  # noqa: F401
+from hpcwaas.stack import airflow, apptainer, openbao, postgres, slurm, sshd  # noqa: F401
 from hpcwaas.stack.base import REGISTRY, ProcessStatus, Service
 from hpcwaas.stack.info import STACK_JSON, StackInfo, load_stack_info
 from hpcwaas.stack.process import StackError, ensure_dir
 
 # What `up` starts: the dev OpenBao for tests, or (--demo) the persistent one.
-DEFAULT_SERVICES = ("openbao-dev", "sshd", "slurm", "postgres", "airflow")
-DEMO_SERVICES = ("openbao-raft", "sshd", "slurm", "postgres", "airflow")
+# The Apptainer builder is prepared once (a few minutes cold), then reused in no time.
+DEFAULT_SERVICES = ("openbao-dev", "sshd", "slurm", "postgres", "apptainer", "airflow")
+DEMO_SERVICES = ("openbao-raft", "sshd", "slurm", "postgres", "apptainer", "airflow")
 
 
 @dataclass(frozen=True)
