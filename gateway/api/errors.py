@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from data_logistics import errors as dl
+from deployer import errors as deployer_errors
 from gateway import errors as gw
 from hpcwaas import errors as common
 
@@ -26,6 +28,14 @@ STATUS: list[tuple[type[common.HpcwaasError], int]] = [
     (gw.NotAuthenticated, 401),
     (gw.PermissionDenied, 403),
     (gw.NotFound, 404),
+    (dl.PipelineNotFound, 404),
+    (dl.DestinationExists, 409),
+    (dl.InvalidTransfer, 422),
+    (dl.DatasetUnresolved, 422),
+    (dl.CredentialUnavailable, 422),
+    (dl.AirflowUnavailable, 503),
+    (dl.AirflowError, 502),
+    (dl.StagingError, 502),
     (common.SecretNotFound, 404),
     (gw.Conflict, 409),
     (common.HostKeyMismatch, 409),
@@ -33,6 +43,8 @@ STATUS: list[tuple[type[common.HpcwaasError], int]] = [
     (common.InvalidKey, 422),
     (common.AuthenticationFailed, 422),
     (common.SchedulerError, 422),
+    (deployer_errors.TemplateError, 422),
+    (deployer_errors.InputError, 422),
     (common.RemoteCommandFailed, 502),
     (gw.DatabaseUnavailable, 503),
     (common.VaultUnavailable, 503),
@@ -77,7 +89,14 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500 and status != 503:
             log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
-        return error_response(request, status, exc.code, exc.message, exc.hint, _safe_context(exc.context))
+        details = _safe_context(exc.context)
+        if isinstance(exc, deployer_errors.TemplateError):
+            # Every problem found, each with its file, line, node and field.
+            details["issues"] = [
+                {"message": i.message, "file": i.file, "line": i.line, "node": i.node, "field": i.field}
+                for i in exc.issues
+            ]
+        return error_response(request, status, exc.code, exc.message, exc.hint, details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hpcwaas.db import Base, new_id, utcnow
 
-__all__ = ["ApiToken", "Base", "Role", "SSHKey", "Site", "User", "new_id", "utcnow"]
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Deployment",
+    "DeploymentState",
+    "Execution",
+    "ExecutionState",
+    "LogLine",
+    "Role",
+    "SSHKey",
+    "Site",
+    "User",
+    "Visibility",
+    "Workflow",
+    "WorkflowVersion",
+    "new_id",
+    "utcnow",
+]
 
 
 class Role(enum.StrEnum):
@@ -37,6 +55,7 @@ class User(Base):
     full_name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
     disabled: Mapped[bool] = mapped_column(default=False)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
@@ -92,3 +111,183 @@ class SSHKey(Base):
     origin: Mapped[str] = mapped_column(String(16))  # "generated" or "imported"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
+
+
+class Visibility(enum.StrEnum):
+    """Who may see and invoke a workflow.
+
+    public: every authenticated user.
+    restricted: its owner, admins, and the listed users and groups.
+    """
+
+    PUBLIC = "public"
+    RESTRICTED = "restricted"
+
+
+class Workflow(Base):
+    """A named workflow in the registry; its content lives in immutable versions."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    visibility: Mapped[Visibility] = mapped_column(
+        Enum(Visibility, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=Visibility.PUBLIC,
+    )
+    allowed_users: Mapped[list[str]] = mapped_column(JSON, default=list)
+    allowed_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    versions: Mapped[list[WorkflowVersion]] = relationship(
+        back_populates="workflow", order_by="WorkflowVersion.number", cascade="all, delete-orphan"
+    )
+
+
+class WorkflowVersion(Base):
+    """One immutable registration: a content digest, where it came from, what it declares."""
+
+    __tablename__ = "workflow_versions"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "digest", name="uq_workflow_versions_digest"),
+        UniqueConstraint("workflow_id", "number", name="uq_workflow_versions_number"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(80))  # "git:<sha>" or "sha256:<hex>"
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    bundle: Mapped[str] = mapped_column(String(1024))  # folder (or CSAR file) under the registry store
+    entry: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    workflows: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    nodes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    registered_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    workflow: Mapped[Workflow] = relationship(back_populates="versions")
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class DeploymentState(enum.StrEnum):
+    """Lifecycle of a deployment.
+
+    pending: accepted; a worker will start the install workflow.
+    deploying: the install workflow runs (image build, image transfer, software install).
+    deployed: installed; scientists can invoke it.
+    failed: the install or uninstall workflow failed; the error says where. Retry or undeploy.
+    undeploying: the uninstall workflow runs.
+    undeployed: removed from the site (terminal).
+    """
+
+    PENDING = "pending"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    FAILED = "failed"
+    UNDEPLOYING = "undeploying"
+    UNDEPLOYED = "undeployed"
+
+
+DEPLOYMENT_TERMINAL = frozenset({DeploymentState.UNDEPLOYED})
+DEPLOYMENT_ACTIVE = frozenset({DeploymentState.PENDING, DeploymentState.DEPLOYING, DeploymentState.UNDEPLOYING})
+
+
+class ExecutionState(enum.StrEnum):
+    """Lifecycle of an execution (one invocation of a deployed workflow).
+
+    pending: accepted (inputs checked); waiting for a worker.
+    running: the workflow runs: stage-in, batch job, stage-out; per-step states are in ``steps``.
+    cancelling: cancel requested; Slurm jobs and pipeline runs are being cancelled.
+    completed: every step succeeded; ``outputs`` holds the results (terminal).
+    failed: a step failed; ``error`` names it and carries the stderr tail (terminal).
+    cancelled: cancelled by its owner or an admin (terminal).
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+EXECUTION_TERMINAL = frozenset({ExecutionState.COMPLETED, ExecutionState.FAILED, ExecutionState.CANCELLED})
+
+
+class Leased:
+    """Columns a worker uses to claim a record: one worker at a time, taken over when it dies."""
+
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    wake_at: Mapped[datetime | None] = mapped_column(index=True)  # when a worker should look again
+
+
+class Deployment(Leased, Base):
+    """A workflow version installed on a site with a developer's credential."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="RESTRICT"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("workflow_versions.id", ondelete="RESTRICT"))
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    ssh_key_id: Mapped[str] = mapped_column(String(32))
+    login: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[DeploymentState] = mapped_column(_enum(DeploymentState), default=DeploymentState.PENDING)
+    target: Mapped[str] = mapped_column(String(16), default="deployed")  # "deployed" or "undeployed"
+    error: Mapped[str | None] = mapped_column(Text)
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the deployer's DeploymentRecord
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Execution(Leased, Base):
+    """One invocation of a deployed workflow by a user, with their own SSH key."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="RESTRICT"), index=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="RESTRICT"), index=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    ssh_key_id: Mapped[str] = mapped_column(String(32))
+    login: Mapped[str] = mapped_column(String(64))
+    workflow_name: Mapped[str] = mapped_column(String(64), default="execute")  # the TOSCA workflow run
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[ExecutionState] = mapped_column(_enum(ExecutionState), default=ExecutionState.PENDING, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the deployer's state for this run
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LogLine(Base):
+    """A line of a deployment's or execution's log, in order (streamed to clients)."""
+
+    __tablename__ = "log_lines"
+    __table_args__ = (UniqueConstraint("subject_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(32), index=True)  # deployment or execution id
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    step: Mapped[str | None] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)

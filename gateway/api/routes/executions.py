@@ -1,0 +1,62 @@
+"""Executions: invoke a deployed workflow (FaaS-style), follow it live, get outputs, cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from gateway.api.deps import CurrentUser, SessionDep
+from gateway.persistence.models import ExecutionState
+from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
+from gateway.services import deployments_view as view
+from gateway.services import runs as service
+
+router = APIRouter(tags=["executions"])
+
+
+@router.post("/workflows/{ref}/executions", response_model=ExecutionOut, status_code=202,
+             summary="Invoke a deployed workflow with inputs and your SSH key")
+def invoke(ref: str, data: ExecutionCreate, response: Response, db: SessionDep, user: CurrentUser) -> ExecutionOut:
+    execution = service.create_execution(db, user, ref, data)
+    response.headers["Location"] = f"/executions/{execution.id}"
+    return ExecutionOut.model_validate(execution)
+
+
+@router.get("/executions", response_model=list[ExecutionOut], summary="Your executions, newest first")
+def list_executions(db: SessionDep, user: CurrentUser, state: ExecutionState | None = None,
+                    workflow: str | None = None, since: datetime | None = None,
+                    limit: int = Query(100, ge=1, le=1000),
+                    all_users: bool = Query(False, alias="all")) -> list[ExecutionOut]:
+    found = service.list_executions(db, user, state=state, workflow=workflow, since=since, limit=limit,
+                                    all_users=all_users)
+    return [ExecutionOut.model_validate(e) for e in found]
+
+
+@router.get("/executions/{execution_id}", response_model=ExecutionOut, summary="State, steps, timings, outputs")
+def show(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut:
+    return ExecutionOut.model_validate(service.get_execution(db, user, execution_id))
+
+
+@router.delete("/executions/{execution_id}", response_model=ExecutionOut, status_code=202, summary="Cancel")
+def cancel(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut:
+    return ExecutionOut.model_validate(service.cancel_execution(db, user, execution_id))
+
+
+@router.get("/executions/{execution_id}/outputs", summary="The outputs (catalogue ids of results, ...)")
+def outputs(execution_id: str, db: SessionDep, user: CurrentUser) -> dict[str, object]:
+    return dict(service.get_execution(db, user, execution_id).outputs)
+
+
+@router.get("/executions/{execution_id}/logs", response_model=LogPage, summary="Log lines (long-poll with wait)")
+def logs(execution_id: str, db: SessionDep, user: CurrentUser, after: int = Query(0, ge=0),
+         wait: float = Query(0, ge=0, le=30)) -> LogPage:
+    return view.execution_logs(db, user, execution_id, after, wait)
+
+
+@router.get("/executions/{execution_id}/logs/stream", summary="Live log as server-sent events",
+            response_class=StreamingResponse)
+def stream(execution_id: str, request: Request, db: SessionDep, user: CurrentUser,
+           after: int = Query(0, ge=0)) -> StreamingResponse:
+    return view.execution_stream(request.app.state.sessions, db, user, execution_id, after)

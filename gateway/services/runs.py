@@ -1,0 +1,226 @@
+"""Deployments and executions: checked requests in, durable records out.
+
+Nothing here talks to a site: creating a deployment or an execution validates the request and
+persists a record the engine (``gateway.engine``) picks up. Inputs are checked against what the
+workflow version declares before anything runs, so a typo is a 422 naming the input, not a
+failed job an hour later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from gateway.persistence.models import (
+    EXECUTION_TERMINAL,
+    Deployment,
+    DeploymentState,
+    Execution,
+    ExecutionState,
+    LogLine,
+    Role,
+    User,
+    Workflow,
+    WorkflowVersion,
+    utcnow,
+)
+from gateway.schemas.runs import DeploymentCreate, ExecutionCreate
+from gateway.services import sites as site_service
+from gateway.services import ssh_keys as key_service
+from gateway.services import workflows as workflow_service
+
+# Topology inputs the gateway binds from the chosen site and SSH key; callers may not set them.
+DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir")
+RUN_BINDINGS = ("run_username", "run_credential", "run_work_dir")
+RESERVED = frozenset(DEPLOY_BINDINGS + RUN_BINDINGS)
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "float": (int, float),
+    "boolean": (bool,),
+    "list": (list,),
+    "map": (dict,),
+}
+
+
+def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any], where: str,
+                 reserved: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Check given values against declared inputs; 422 naming the first bad input."""
+    for name in given:
+        if name in reserved and name in declared:
+            raise InvalidInput(f"input {name!r} is set by the gateway from the site and your SSH key",
+                               field=f"inputs.{name}")
+        if name not in declared:
+            known = ", ".join(sorted(n for n in declared if n not in reserved)) or "none"
+            raise InvalidInput(f"{where} has no input {name!r}", hint=f"its inputs are: {known}",
+                               field=f"inputs.{name}")
+    for name, spec in declared.items():
+        if name in reserved:
+            continue
+        if name not in given:
+            if spec.get("required") and spec.get("default") is None and not spec.get("secret"):
+                raise InvalidInput(f"input {name!r} of {where} is required",
+                                   hint=spec.get("description") or f"give it as inputs.{name}",
+                                   field=f"inputs.{name}")
+            continue
+        expected = _TYPES.get(str(spec.get("type", "string")))
+        value = given[name]
+        bad_bool = isinstance(value, bool) and expected is not None and bool not in expected
+        if expected is not None and (not isinstance(value, expected) or bad_bool):
+            raise InvalidInput(f"input {name!r} of {where} must be a {spec.get('type')}, not {type(value).__name__}",
+                               field=f"inputs.{name}")
+    return dict(given)
+
+
+def _visible_version(db: Session, user: User, workflow_ref: str, number: int | None) -> WorkflowVersion:
+    workflow = workflow_service.get_visible(db, user, workflow_ref)
+    return workflow_service.version_of(workflow, number)
+
+
+def create_deployment(db: Session, user: User, data: DeploymentCreate) -> Deployment:
+    """Accept a deployment request; the engine installs it."""
+    version = _visible_version(db, user, data.workflow, data.version)
+    site = site_service.get(db, data.site)
+    key = key_service.get_owned(db, user, data.ssh_key)
+    login = key_service.resolve_login(key, data.login)
+    inputs = check_inputs(version.inputs, data.inputs, f"workflow {version.workflow.name!r}", RESERVED)
+    deployment = Deployment(workflow_id=version.workflow_id, version_id=version.id, site_id=site.id,
+                            owner_id=user.id, ssh_key_id=key.id, login=login, inputs=inputs,
+                            state=DeploymentState.PENDING, target="deployed", wake_at=utcnow())
+    db.add(deployment)
+    db.commit()
+    return deployment
+
+
+def get_deployment(db: Session, user: User, deployment_id: str, *, manage: bool = False) -> Deployment:
+    """A deployment the user may see: of a workflow visible to them (owner/admin to manage)."""
+    deployment = db.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFound(f"deployment {deployment_id!r} does not exist")
+    workflow_service.get_visible(db, user, deployment.workflow_id)  # NotFound when hidden
+    if manage and deployment.owner_id != user.id and user.role != Role.ADMIN:
+        raise PermissionDenied("only the deployment's owner or an admin may change it")
+    return deployment
+
+
+def list_deployments(db: Session, user: User, workflow: str | None = None) -> list[Deployment]:
+    """Deployments of the workflows the user may see, newest first."""
+    query = (select(Deployment, Workflow).join(Workflow, Workflow.id == Deployment.workflow_id)
+             .order_by(Deployment.created_at.desc()))
+    if workflow is not None:
+        query = query.where(Deployment.workflow_id == workflow_service.get_visible(db, user, workflow).id)
+    return [d for d, w in db.execute(query).all() if workflow_service.can_see(w, user)]
+
+
+def undeploy(db: Session, user: User, deployment_id: str) -> Deployment:
+    """Ask the engine to run the uninstall workflow."""
+    deployment = get_deployment(db, user, deployment_id, manage=True)
+    if deployment.state == DeploymentState.UNDEPLOYED:
+        return deployment
+    busy = db.scalar(select(Execution.id).where(Execution.deployment_id == deployment.id,
+                                                Execution.state.not_in(EXECUTION_TERMINAL)).limit(1))
+    if busy is not None:
+        raise Conflict(f"execution {busy} of this deployment is still running", hint="cancel it or wait")
+    deployment.target = "undeployed"
+    deployment.wake_at = utcnow()
+    db.commit()
+    return deployment
+
+
+def _pick_deployment(db: Session, user: User, workflow_id: str, data: ExecutionCreate) -> Deployment:
+    if data.deployment is not None:
+        deployment = get_deployment(db, user, data.deployment)
+        if deployment.workflow_id != workflow_id:
+            raise InvalidInput(f"deployment {data.deployment!r} is not a deployment of this workflow",
+                               field="deployment")
+    else:
+        query = select(Deployment).where(Deployment.workflow_id == workflow_id,
+                                         Deployment.state == DeploymentState.DEPLOYED,
+                                         Deployment.target == "deployed")
+        if data.site is not None:
+            query = query.where(Deployment.site_id == site_service.get(db, data.site).id)
+        found = db.scalars(query.order_by(Deployment.created_at.desc()).limit(1)).first()
+        if found is None:
+            where = f" on site {data.site!r}" if data.site else ""
+            raise Conflict(f"this workflow has no deployment{where} ready to run",
+                           hint="ask its developer to deploy it (waas workflows deploy)")
+        deployment = found
+    if deployment.state != DeploymentState.DEPLOYED or deployment.target != "deployed":
+        raise Conflict(f"deployment {deployment.id} is {deployment.state.value}, not deployed",
+                       hint="wait until it is deployed, or pick another deployment")
+    return deployment
+
+
+def create_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
+    """Accept an invocation: inputs checked, caller's own key, a deployed deployment."""
+    workflow = workflow_service.get_visible(db, user, workflow_ref)
+    deployment = _pick_deployment(db, user, workflow.id, data)
+    version = db.get(WorkflowVersion, deployment.version_id)
+    assert version is not None
+    declared = version.workflows.get(data.workflow_name)
+    if declared is None:
+        raise InvalidInput(f"workflow {workflow.name!r} has no TOSCA workflow {data.workflow_name!r}",
+                           hint=f"it has: {', '.join(sorted(version.workflows)) or 'none'}",
+                           field="workflow_name")
+    inputs = check_inputs(declared.get("inputs", {}), data.inputs, f"{workflow.name}/{data.workflow_name}")
+    key = key_service.get_owned(db, user, data.ssh_key)
+    login = key_service.resolve_login(key, data.login)
+    execution = Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,
+                          ssh_key_id=key.id, login=login, workflow_name=data.workflow_name, inputs=inputs,
+                          state=ExecutionState.PENDING, wake_at=utcnow())
+    db.add(execution)
+    db.commit()
+    return execution
+
+
+def get_execution(db: Session, user: User, execution_id: str) -> Execution:
+    """An execution of the caller's (any, for an admin); others' are reported as absent."""
+    execution = db.get(Execution, execution_id)
+    if execution is None or (execution.owner_id != user.id and user.role != Role.ADMIN):
+        raise NotFound(f"execution {execution_id!r} does not exist",
+                       hint="list yours with 'waas executions list'")
+    return execution
+
+
+def list_executions(db: Session, user: User, *, state: ExecutionState | None = None, workflow: str | None = None,
+                    since: datetime | None = None, limit: int = 100, all_users: bool = False) -> Sequence[Execution]:
+    """The caller's executions, newest first (all users' for an admin who asks)."""
+    query = select(Execution).order_by(Execution.created_at.desc()).limit(limit)
+    if not (all_users and user.role == Role.ADMIN):
+        query = query.where(Execution.owner_id == user.id)
+    if state is not None:
+        query = query.where(Execution.state == state)
+    if workflow is not None:
+        query = query.where(Execution.workflow_id == workflow_service.get_visible(db, user, workflow).id)
+    if since is not None:
+        query = query.where(Execution.created_at >= since)
+    return db.scalars(query).all()
+
+
+def cancel_execution(db: Session, user: User, execution_id: str) -> Execution:
+    """Request cancellation; the engine cancels Slurm jobs and pipeline runs, then marks it cancelled."""
+    execution = get_execution(db, user, execution_id)
+    if execution.state in EXECUTION_TERMINAL:
+        return execution
+    execution.cancel_requested = True
+    if execution.state == ExecutionState.PENDING and execution.record is None:
+        # Nothing ran yet: nothing to undo.
+        execution.state = ExecutionState.CANCELLED
+        execution.finished_at = utcnow()
+    else:
+        execution.state = ExecutionState.CANCELLING
+    execution.wake_at = utcnow()
+    db.commit()
+    return execution
+
+
+def log_page(db: Session, subject_id: str, after: int, limit: int = 500) -> list[LogLine]:
+    """Log lines of a deployment or execution after ``after``, in order."""
+    return list(db.scalars(select(LogLine).where(LogLine.subject_id == subject_id, LogLine.seq > after)
+                           .order_by(LogLine.seq).limit(limit)).all())
