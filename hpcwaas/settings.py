@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     bind_port: int = 18000
     log_level: str = "INFO"
 
+    # The workflow registry: folders and git repositories may only be read under these roots.
+    registry_roots: list[Path] = Field(
+        default_factory=lambda: [Path(__file__).resolve().parent.parent / "tosca" / "examples"],
+        description="Folders (and git repositories) developers may register workflows from.",
+    )
+    registry_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest workflow bundle.")
+
     # The local stack (development, tests, demo).
     stack_dir: Path = DEFAULT_STACK_DIR
 
