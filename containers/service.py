@@ -274,7 +274,10 @@ class BuildWorker:
 
     # lifecycle
     def start(self) -> BuildWorker:
-        self.recover()
+        try:
+            self.recover()
+        except Exception:  # the database is down: the gateway still starts and answers 503s
+            log.exception("recovering image builds at start failed; claims will retry")
         for n in range(self.workers):
             thread = threading.Thread(target=self._loop, name=f"image-build-{n}", daemon=True)
             thread.start()
