@@ -150,6 +150,13 @@ class AirflowClient:
         ).json()
         return run
 
+    def list_runs(self, dag_id: str = "~", limit: int = 100) -> list[dict[str, Any]]:
+        """Recent runs, newest first (``~``: of every DAG); ``conf`` included."""
+        body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='~')}/dagRuns",
+                             params={"limit": limit, "order_by": "-run_after"}).json()
+        runs: list[dict[str, Any]] = body["dag_runs"]
+        return runs
+
     def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         """The run, ``conf`` included (callers must not show it to users)."""
         run: dict[str, Any] = self._request("GET", self._run_path(dag_id, run_id)).json()
@@ -187,6 +194,10 @@ class AirflowClient:
                 event = entry.get("event", "")
                 if not event:
                     continue
+                details = entry.get("error_detail")
+                if isinstance(details, list):  # a failure: the exception's type and message, no frames
+                    event += "".join(f" {d.get('exc_type')}: {d.get('exc_value')}" for d in details
+                                     if isinstance(d, dict))
                 lines.append(" ".join(str(x) for x in (entry.get("timestamp", ""), entry.get("level", ""), event)
                                       if x).strip())
             else:
@@ -218,7 +229,10 @@ class AirflowClient:
         """The last error line of the task log (the message our errors are written to be read by)."""
         lines = self.logs(dag_id, run_id)
         for line in reversed(lines):
-            if "error" in line.lower() or "Error" in line:
+            if "Task failed with exception" in line:
+                return line.split("Task failed with exception", 1)[1].strip()[-1000:]
+        for line in reversed(lines):
+            if " error " in line:
                 return line[-1000:]
         return lines[-1][-1000:] if lines else None
 

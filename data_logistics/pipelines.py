@@ -99,6 +99,8 @@ class RunConf(_Spec):
     overwrite: bool = False
     mirror: bool = Field(default=False, description="sync: update an existing copy, sending only what changed")
     label: str | None = Field(default=None, max_length=200)
+    register_result: bool = Field(default=False, description="stage_out: the caller registers the result")
+    summary: dict[str, str] | None = Field(default=None, description="what the user asked for, as they wrote it")
 
     def site_refs(self) -> list[SiteRef]:
         refs = []
