@@ -10,7 +10,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from gateway.api import errors
-from gateway.api.routes import catalogue, health, images, jobs, pipelines, sites, ssh_keys, tokens, users
+from gateway.api.routes import (
+    catalogue,
+    deployments,
+    executions,
+    health,
+    images,
+    jobs,
+    pipelines,
+    sites,
+    ssh_keys,
+    tokens,
+    users,
+    workflows,
+)
 from gateway.core.config import Settings, get_settings
 from gateway.core.db import make_engine, make_session_factory, redacted
 from gateway.services import images as image_service
@@ -62,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = request.state.request_id
         return response
 
-    for module in (health, users, tokens, sites, jobs, ssh_keys, catalogue, images, pipelines):
+    for module in (health, users, tokens, sites, jobs, ssh_keys, catalogue, images, workflows, pipelines,
+                   deployments, executions):
         app.include_router(module.router)
     return app
 

@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_logistics import errors as dl
 from deployer import errors as deployer_errors
-from data_logistics import errors as dl
 from gateway import errors as gw
 from hpcwaas import errors as common
 
@@ -29,14 +28,6 @@ STATUS: list[tuple[type[common.HpcwaasError], int]] = [
     (gw.NotAuthenticated, 401),
     (gw.PermissionDenied, 403),
     (gw.NotFound, 404),
-    (dl.PipelineNotFound, 404),
-    (dl.DestinationExists, 409),
-    (dl.InvalidTransfer, 422),
-    (dl.DatasetUnresolved, 422),
-    (dl.CredentialUnavailable, 422),
-    (dl.AirflowUnavailable, 503),
-    (dl.AirflowError, 502),
-    (dl.StagingError, 502),
     (dl.PipelineNotFound, 404),
     (dl.DestinationExists, 409),
     (dl.InvalidTransfer, 422),
