@@ -85,11 +85,10 @@ class Dataset(Base):
     modified_at: Mapped[datetime] = mapped_column(default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, default=1)
 
-    storage_target: Mapped[StorageTarget | None] = relationship(lazy="joined")
+    # Loaded on access: listings need neither (a target is usually in the identity map already).
+    storage_target: Mapped[StorageTarget | None] = relationship()
     keyword_rows: Mapped[list[DatasetKeyword]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
-    reader_rows: Mapped[list[DatasetReader]] = relationship(
-        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
-    )
+    reader_rows: Mapped[list[DatasetReader]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
     @property
     def readers(self) -> list[str]:

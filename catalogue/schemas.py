@@ -110,8 +110,8 @@ def _location_url(value: str) -> str:
         raise ValueError("only https URLs may have a query")
     if not parts.path or parts.path == "/":
         raise ValueError("URL must name a path")
-    _clean_path(parts.path, absolute=True)
-    return f"{scheme}://{parts.netloc.lower()}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+    path = _clean_path(parts.path, absolute=True)
+    return f"{scheme}://{parts.netloc.lower()}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
 def _keyword(value: str) -> str:
@@ -146,8 +146,14 @@ TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")
 Host = Annotated[str, StringConstraints(max_length=253), AfterValidator(_host)]
 Format = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+/_-]{0,99}$", to_lower=True),
                    Field(description="A format name or media type, e.g. netcdf or text/csv.")]
-Checksum = Annotated[str, StringConstraints(pattern=r"^(sha256:)?[0-9a-fA-F]{64}$"),
-                     AfterValidator(lambda v: v.lower().removeprefix("sha256:")),
+def _checksum(value: str) -> str:
+    value = value.strip().lower().removeprefix("sha256:")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("a SHA-256 checksum is 64 hexadecimal characters (optionally prefixed 'sha256:')")
+    return value
+
+
+Checksum = Annotated[str, StringConstraints(max_length=71), AfterValidator(_checksum),
                      Field(description="SHA-256 of the content, 64 hex characters.")]
 License = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line),
                     Field(description="An SPDX identifier (CC-BY-4.0) or a licence URL.")]

@@ -138,9 +138,10 @@ def visible(who: Principal | None) -> ColumnElement[bool]:
 
 # --- shapes ------------------------------------------------------------------------------------
 
-def to_out(dataset: Dataset, who: Principal | None, hit: Highlight | None = None) -> DatasetHit:
-    """The API view of a dataset; readers are shown to those who may change it."""
-    target = dataset.storage_target
+def to_out(dataset: Dataset, who: Principal | None, hit: Highlight | None = None, *,
+           with_readers: bool = True) -> DatasetHit:
+    """The API view of a dataset; readers are shown to those who may change it (and not in listings)."""
+    target = dataset.storage_target if dataset.storage_target_id else None
     return DatasetHit(
         id=dataset.id,
         title=dataset.title,
@@ -158,7 +159,7 @@ def to_out(dataset: Dataset, who: Principal | None, hit: Highlight | None = None
         keywords=dataset.keywords,
         version=dataset.version,
         access=dataset.access,
-        readers=dataset.readers if can_write(dataset.owner_id, who) else None,
+        readers=dataset.readers if with_readers and can_write(dataset.owner_id, who) else None,
         doi=dataset.doi,
         handle=dataset.handle,
         metadata=dataset.extra_metadata,
@@ -416,7 +417,7 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
             stmt = stmt.where(or_(after, and_(key == value, pk_after)))
         stmt = stmt.order_by(key.asc() if order == "asc" else key.desc(),
                              Dataset.pk.asc() if order == "asc" else Dataset.pk.desc())
-    rows = list(db.scalars(stmt.limit(f.limit + 1)).unique())
+    rows = list(db.scalars(stmt.limit(f.limit + 1)))
     more = len(rows) > f.limit
     rows = rows[: f.limit]
     next_cursor = None
@@ -435,7 +436,7 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
         if terms:
             hit = Highlight(title_html=search.highlight(d.title, terms),
                             snippet_html=search.snippet(d.description or ", ".join(d.keywords), terms))
-        items.append(to_out(d, who, hit))
+        items.append(to_out(d, who, hit, with_readers=False))
     return DatasetPage(items=items, next_cursor=next_cursor)
 
 
