@@ -55,6 +55,7 @@ app.add_typer(sites.jobs, name="jobs")
 for module_name, attr, name, help_text in (
     ("hpcwaas.stack.cli", "app", "stack", "The local development stack."),
     ("deployer.cli", "app", "tosca", "TOSCA topologies: validate, plan, deploy, run."),
+    ("data_logistics.cli", "app", "pipelines", "Data-logistics pipelines: stage data in and out, move images."),
     ("catalogue.cli", "app", "catalogue", "The data catalogue: search, show, add, edit, rm, import, export."),
     ("containers.cli", "app", "images", "Container images: build, status, logs, list, show, pull, rm."),
 ):
