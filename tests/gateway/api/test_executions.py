@@ -1,0 +1,141 @@
+"""Invoking workflows: request checks and permissions (the engine is off in these tests)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.core.db import make_engine, make_session_factory
+from gateway.persistence.models import Deployment, DeploymentState
+from hpcwaas.settings import Settings
+from hpcwaas.stack.info import SiteInfo
+from tests.fixtures.gateway import Person, error_of, registered_site
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "tosca" / "examples"
+
+
+@pytest.fixture
+def deployed(people: dict[str, Person], settings: Settings, site: SiteInfo) -> dict[str, Any]:
+    """A registered hello-local workflow with a deployment marked deployed (no engine involved)."""
+    registered_site(people["admin"], site)
+    name = f"inv-{uuid.uuid4().hex[:8]}"
+    folder = settings.registry_roots[0] / name
+    shutil.copytree(EXAMPLES / "hello-local", folder)
+    version = people["dave"].post("/workflows", json={
+        "name": name, "source": {"kind": "folder", "path": str(folder)},
+        "visibility": {"mode": "restricted", "users": ["alice"]}}).json()["version"]
+    key = people["dave"].post("/ssh_keys", json={"login": "sciuser2"}).json()
+    engine = make_engine(settings.effective_database_url)
+    with make_session_factory(engine)() as db:
+        site_id = people["admin"].get("/sites/local").json()["id"]
+        deployment = Deployment(workflow_id=version_workflow_id(people, name), version_id=version["id"],
+                                site_id=site_id, owner_id=people["dave"].id, ssh_key_id=key["id"], login="sciuser2",
+                                inputs={"base_dir": "/tmp/x"}, state=DeploymentState.DEPLOYED, target="deployed")
+        db.add(deployment)
+        db.commit()
+        deployment_id = deployment.id
+    engine.dispose()
+    alice_key = people["alice"].post("/ssh_keys", json={"login": "sciuser1"}).json()
+    return {"name": name, "deployment": deployment_id, "alice_key": alice_key["id"]}
+
+
+def version_workflow_id(people: dict[str, Person], name: str) -> str:
+    return str(people["dave"].get(f"/workflows/{name}").json()["id"])
+
+
+def test_invoke_answers_202_with_location(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    resp = people["alice"].post(f"/workflows/{deployed['name']}/executions",
+                                json={"inputs": {"who": "ada"}, "ssh_key": deployed["alice_key"]})
+    assert resp.status_code == 202, resp.text
+    execution = resp.json()
+    assert resp.headers["Location"] == f"/executions/{execution['id']}"
+    assert execution["state"] == "pending" and execution["deployment_id"] == deployed["deployment"]
+    assert execution["login"] == "sciuser1"
+    shown = people["alice"].get(resp.headers["Location"])
+    assert shown.status_code == 200 and shown.json()["inputs"] == {"who": "ada"}
+
+
+def test_inputs_are_checked_before_anything_runs(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    alice = people["alice"]
+    url = f"/workflows/{deployed['name']}/executions"
+    unknown = alice.post(url, json={"inputs": {"whom": "ada"}, "ssh_key": deployed["alice_key"]})
+    assert unknown.status_code == 422
+    assert error_of(unknown)["details"]["field"] == "inputs.whom" and "who" in error_of(unknown)["hint"]
+    wrong_type = alice.post(url, json={"inputs": {"who": 42}, "ssh_key": deployed["alice_key"]})
+    assert wrong_type.status_code == 422 and "must be a string" in error_of(wrong_type)["message"]
+    no_workflow = alice.post(url, json={"ssh_key": deployed["alice_key"], "workflow_name": "nope"})
+    assert no_workflow.status_code == 422 and "nope" in error_of(no_workflow)["message"]
+    assert alice.get("/executions", params={"workflow": deployed["name"]}).json() == []
+
+
+def test_only_your_own_key(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    bob_key = people["bob"].post("/ssh_keys", json={"login": "sciuser2"}).json()["id"]
+    resp = people["alice"].post(f"/workflows/{deployed['name']}/executions", json={"ssh_key": bob_key})
+    assert resp.status_code == 404 and "SSH key" in error_of(resp)["message"]
+
+
+def test_visibility_is_enforced_on_invoke(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    bob_key = people["bob"].post("/ssh_keys", json={"login": "sciuser2"}).json()["id"]
+    resp = people["bob"].post(f"/workflows/{deployed['name']}/executions", json={"ssh_key": bob_key})
+    assert resp.status_code == 404
+
+
+def test_owner_or_admin_only_see_and_cancel(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    alice = people["alice"]
+    execution = alice.post(f"/workflows/{deployed['name']}/executions",
+                           json={"ssh_key": deployed["alice_key"]}).json()
+    url = f"/executions/{execution['id']}"
+    for other in ("bob", "dave"):
+        assert people[other].get(url).status_code == 404
+        assert people[other].delete(url).status_code == 404
+        assert people[other].get(f"{url}/logs").status_code == 404
+        assert execution["id"] not in [e["id"] for e in people[other].get("/executions").json()]
+    assert people["admin"].get(url).status_code == 200
+    assert execution["id"] in [e["id"] for e in people["admin"].get("/executions", params={"all": True}).json()]
+    cancelled = alice.delete(url)
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+    assert alice.delete(url).json()["state"] == "cancelled"  # idempotent
+    assert alice.http.get(url).status_code == 401  # no token at all
+
+
+def test_no_deployment_ready_is_409(people: dict[str, Person], settings: Settings, unique: str) -> None:
+    folder = settings.registry_roots[0] / f"undeployed-{unique}"
+    shutil.copytree(EXAMPLES / "hello-local", folder)
+    people["dave"].post("/workflows", json={"name": f"undeployed-{unique}",
+                                            "source": {"kind": "folder", "path": str(folder)}})
+    key = people["alice"].post("/ssh_keys", json={"login": "sciuser1"}).json()["id"]
+    resp = people["alice"].post(f"/workflows/undeployed-{unique}/executions", json={"ssh_key": key})
+    assert resp.status_code == 409 and "no deployment" in error_of(resp)["message"]
+
+
+def test_deploy_request_checks(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    dave_key = people["dave"].post("/ssh_keys", json={"login": "sciuser2"}).json()["id"]
+    body = {"workflow": deployed["name"], "site": "local", "ssh_key": dave_key, "inputs": {}}
+    missing = people["dave"].post("/deployments", json=body)
+    assert missing.status_code == 422 and error_of(missing)["details"]["field"] == "inputs.base_dir"
+    reserved_body = {**body, "inputs": {"base_dir": "/tmp/y"}}
+    assert people["alice"].post("/deployments", json=reserved_body).status_code == 403
+    accepted = people["dave"].post("/deployments", json=reserved_body)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.headers["Location"].startswith("/deployments/")
+    assert accepted.json()["state"] == "pending"
+    assert people["bob"].get(accepted.headers["Location"]).status_code == 404
+    assert people["alice"].get(accepted.headers["Location"]).status_code == 200
+    assert people["alice"].delete(accepted.headers["Location"]).status_code == 403
+
+
+def test_logs_long_poll_returns_promptly_when_finished(people: dict[str, Person], deployed: dict[str, Any]) -> None:
+    alice = people["alice"]
+    execution = alice.post(f"/workflows/{deployed['name']}/executions", json={"ssh_key": deployed["alice_key"]})
+    url = execution.headers["Location"]
+    alice.delete(url)
+    page = alice.get(f"{url}/logs", params={"wait": 5})
+    assert page.status_code == 200 and page.json()["finished"] is True
+    with alice.http.stream("GET", f"{url}/logs/stream",
+                           headers={"Authorization": f"Bearer {alice.token}"}) as stream:
+        body = "".join(stream.iter_text())
+    assert "event: end" in body
