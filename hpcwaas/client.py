@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -155,3 +156,75 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/health"))
+
+    # workflows, deployments, executions
+    def register_workflow(self, name: str, source: dict[str, Any], description: str | None = None,
+                          visibility: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"name": name, "source": source, "description": description, "visibility": visibility}
+        return dict(self.request("POST", "/workflows", json=body))
+
+    def upload_workflow(self, name: str, csar: bytes, filename: str = "workflow.csar",
+                        description: str | None = None) -> dict[str, Any]:
+        data = {"name": name, **({"description": description} if description else {})}
+        files = {"file": (filename, csar, "application/zip")}
+        return dict(self.request("POST", "/workflows/upload", data=data, files=files))
+
+    def list_workflows(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/workflows"))
+
+    def get_workflow(self, ref: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/workflows/{ref}"))
+
+    def workflow_versions(self, ref: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/workflows/{ref}/versions"))
+
+    def deploy(self, workflow: str, site: str, ssh_key: str, inputs: dict[str, Any] | None = None,
+               version: int | None = None, login: str | None = None) -> dict[str, Any]:
+        body = {"workflow": workflow, "site": site, "ssh_key": ssh_key, "inputs": inputs or {},
+                "version": version, "login": login}
+        return dict(self.request("POST", "/deployments", json=body))
+
+    def list_deployments(self, workflow: str | None = None) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/deployments", params={"workflow": workflow} if workflow else None))
+
+    def get_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/deployments/{deployment_id}"))
+
+    def undeploy(self, deployment_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/deployments/{deployment_id}"))
+
+    def deployment_logs(self, deployment_id: str, after: int = 0, wait: float = 0) -> dict[str, Any]:
+        return dict(self.request("GET", f"/deployments/{deployment_id}/logs", params={"after": after, "wait": wait}))
+
+    def invoke(self, workflow: str, ssh_key: str, inputs: dict[str, Any] | None = None, *,
+               deployment: str | None = None, site: str | None = None, login: str | None = None,
+               workflow_name: str = "execute") -> dict[str, Any]:
+        body = {"inputs": inputs or {}, "ssh_key": ssh_key, "deployment": deployment, "site": site,
+                "login": login, "workflow_name": workflow_name}
+        return dict(self.request("POST", f"/workflows/{workflow}/executions", json=body))
+
+    def list_executions(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return list(self.request("GET", "/executions", params=params))
+
+    def get_execution(self, execution_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/executions/{execution_id}"))
+
+    def cancel_execution(self, execution_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/executions/{execution_id}"))
+
+    def execution_outputs(self, execution_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/executions/{execution_id}/outputs"))
+
+    def execution_logs(self, execution_id: str, after: int = 0, wait: float = 0) -> dict[str, Any]:
+        return dict(self.request("GET", f"/executions/{execution_id}/logs", params={"after": after, "wait": wait},
+                                 timeout=wait + 30))
+
+    def follow_execution(self, execution_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Yield log lines as they come (long-poll), until the execution ends."""
+        while True:
+            page = self.execution_logs(execution_id, after, wait=20)
+            yield from page["lines"]
+            after = page["next_seq"]
+            if page["finished"]:
+                return

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-from hpcwaas.cli import admin, sites, users
+from hpcwaas.cli import admin, sites, users, workflows
 from hpcwaas.cli._common import State, console, emit, fields, load_config, save_config
 
 app = typer.Typer(
@@ -50,6 +50,10 @@ app.add_typer(users.tokens, name="tokens")
 app.add_typer(sites.sites, name="sites")
 app.add_typer(sites.keys, name="ssh-keys")
 app.add_typer(sites.jobs, name="jobs")
+app.add_typer(workflows.workflows, name="workflows")
+app.add_typer(workflows.deployments, name="deployments")
+app.add_typer(workflows.executions, name="executions")
+app.command("run")(workflows.run)
 
 # Component CLIs, mounted when their package (and its extra) is installed.
 for module_name, attr, name, help_text in (

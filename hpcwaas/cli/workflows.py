@@ -1,0 +1,256 @@
+"""Workflows, deployments and executions: register, deploy, run (with a live view), follow, cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from hpcwaas.cli._common import State, client, console, emit, errors, fields, table
+
+workflows = typer.Typer(help="The workflow registry.", no_args_is_help=True)
+deployments = typer.Typer(help="Deployments of workflows on sites.", no_args_is_help=True)
+executions = typer.Typer(help="Your executions.", no_args_is_help=True)
+TERMINAL = {"completed", "failed", "cancelled"}
+WF_COLS = ["name", "latest_version", "visibility", "description", "updated_at"]
+DEP_COLS = ["id", "workflow_id", "state", "login", "error", "updated_at"]
+EXEC_COLS = ["id", "workflow_id", "state", "login", "created_at", "finished_at", "error"]
+
+
+def parse_inputs(items: list[str]) -> dict[str, Any]:
+    """``-i key=value`` pairs; values are JSON when they parse (numbers, booleans, lists), else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: use key=value", param_hint="-i")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+@workflows.command("register")
+def register(
+    name: str,
+    path: Path = typer.Option(None, "--path", help="A folder (under a registry root of the gateway)."),
+    git: str = typer.Option(None, "--git", help="A local git repository path or file:// URL."),
+    ref: str = typer.Option("HEAD", help="Git branch, tag or commit."),
+    subpath: str = typer.Option("", help="Folder of the workflow in the repository."),
+    csar: Path = typer.Option(None, "--csar", exists=True, dir_okay=False, help="A CSAR (zip) to upload."),
+    description: str = typer.Option(None),
+    restricted: bool = typer.Option(False, help="Visible only to you, admins and --user/--group."),
+    user: list[str] = typer.Option([], "--user", help="A user who may see it (repeat)."),
+    group: list[str] = typer.Option([], "--group", help="A group that may see it (repeat)."),
+) -> None:
+    """Register a workflow (a new version when its content changed)."""
+    if sum(x is not None for x in (path, git, csar)) != 1:
+        raise typer.BadParameter("give exactly one of --path, --git or --csar")
+    visibility = {"mode": "restricted" if restricted else "public", "users": user, "groups": group}
+    with errors(), client() as api:
+        if csar is not None:
+            out = api.upload_workflow(name, csar.read_bytes(), csar.name, description)
+        elif git is not None:
+            out = api.register_workflow(name, {"kind": "git", "url": git, "ref": ref, "subpath": subpath},
+                                        description, visibility)
+        else:
+            out = api.register_workflow(name, {"kind": "folder", "path": str(path.resolve())}, description,
+                                        visibility)
+
+    def human(d: dict[str, Any]) -> None:
+        v = d["version"]
+        verb = "registered" if d["created"] else "already registered as"
+        console.print(f"{verb} [bold]{d['workflow']['name']}[/bold] version {v['number']} ({v['digest'][:24]})")
+        console.print(f"  inputs: {', '.join(v['inputs']) or 'none'}; workflows: {', '.join(v['workflows'])}")
+
+    emit(out, human)
+
+
+@workflows.command("list")
+def list_workflows() -> None:
+    """The workflows you may see."""
+    with errors(), client() as api:
+        emit(api.list_workflows(), lambda d: table(d, WF_COLS))
+
+
+@workflows.command("show")
+def show(ref: str) -> None:
+    """A workflow, its latest version's inputs, workflows and steps."""
+    with errors(), client() as api:
+        out = api.get_workflow(ref)
+
+    def human(d: dict[str, Any]) -> None:
+        fields(d, ["name", "description", "visibility", "owner_id", "latest_version"])
+        latest = d.get("latest") or {}
+        for wf, spec in latest.get("workflows", {}).items():
+            console.print(f"[bold]{wf}[/bold]: steps {', '.join(spec['steps'])}")
+            for name, inp in spec.get("inputs", {}).items():
+                req = "required" if inp["required"] else f"default {inp['default']!r}"
+                console.print(f"  -i {name}=<{inp['type']}>  ({req}) {inp.get('description') or ''}")
+
+    emit(out, human)
+
+
+@workflows.command("deploy")
+def deploy(
+    ref: str,
+    site: str = typer.Option(..., "--site", "-s"),
+    key: str = typer.Option(..., "--key", "-k", help="Your SSH key id (the install runs as its login)."),
+    inputs: list[str] = typer.Option([], "-i", help="key=value (repeat)."),
+    version: int = typer.Option(None),
+    follow: bool = typer.Option(True, help="Follow the deployment until it ends."),
+) -> None:
+    """Deploy a workflow to a site (image build, transfer, software install)."""
+    with errors(), client() as api:
+        out = api.deploy(ref, site, key, parse_inputs(inputs), version)
+        if follow and not State.json_output:
+            console.print(f"deployment [bold]{out['id']}[/bold] accepted; following...")
+            after = 0
+            while True:
+                page = api.deployment_logs(out["id"], after, wait=20)
+                for line in page["lines"]:
+                    console.print(f"  [dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+                after = page["next_seq"]
+                out = api.get_deployment(out["id"])
+                if out["state"] in ("deployed", "failed", "undeployed") and not page["lines"]:
+                    break
+    emit(out, lambda d: console.print(f"deployment {d['id']}: [bold]{d['state']}[/bold]"
+                                      + (f" ({d['error']})" if d.get("error") else "")))
+
+
+@deployments.command("list")
+def list_deployments(workflow: str = typer.Option(None)) -> None:
+    """Deployments of the workflows you may see."""
+    with errors(), client() as api:
+        emit(api.list_deployments(workflow), lambda d: table(d, DEP_COLS))
+
+
+@deployments.command("status")
+def deployment_status(deployment_id: str) -> None:
+    """A deployment, with its nodes' states."""
+    with errors(), client() as api:
+        emit(api.get_deployment(deployment_id), fields)
+
+
+@deployments.command("undeploy")
+def undeploy(deployment_id: str) -> None:
+    """Run the uninstall workflow."""
+    with errors(), client() as api:
+        emit(api.undeploy(deployment_id), lambda d: console.print(f"undeploying {d['id']}"))
+
+
+def _steps_table(execution: dict[str, Any]) -> Table:
+    t = Table(title=f"execution {execution['id']}: {execution['state']}", title_justify="left")
+    for col in ("step", "state", "job", "pipeline run", "time"):
+        t.add_column(col, overflow="fold")
+    for step in execution.get("steps", []):
+        took = ""
+        if step.get("started_at"):
+            took = f"{(step.get('finished_at') or time.time()) - step['started_at']:.0f} s"
+        t.add_row(step["name"], step["state"], step.get("job_id") or "", step.get("pipeline_run_id") or "", took)
+    return t
+
+
+def follow(api: Any, execution_id: str) -> dict[str, Any]:
+    """Live view: the steps table, with log lines printed above it as they come."""
+    execution = api.get_execution(execution_id)
+    after = 0
+    with Live(_steps_table(execution), console=console, refresh_per_second=4) as live:
+        while True:
+            page = api.execution_logs(execution_id, after, wait=2)
+            for line in page["lines"]:
+                live.console.print(f"[dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+            after = page["next_seq"]
+            execution = api.get_execution(execution_id)
+            live.update(_steps_table(execution))
+            if execution["state"] in TERMINAL and page["finished"]:
+                return dict(execution)
+
+
+def _print_result(d: dict[str, Any]) -> None:
+    color = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(d["state"], "white")
+    console.print(f"execution {d['id']}: [bold {color}]{d['state']}[/bold {color}]")
+    if d.get("error"):
+        console.print(f"  error: {d['error']}", markup=False)
+    for name, value in (d.get("outputs") or {}).items():
+        console.print(f"  {name}: {value}", markup=False, highlight=False)
+
+
+def run(
+    ref: str,
+    key: str = typer.Option(..., "--key", "-k", help="Your SSH key id (the job runs as its login)."),
+    inputs: list[str] = typer.Option([], "-i", help="key=value (repeat)."),
+    site: str = typer.Option(None, "--site", "-s", help="Run on this site's deployment."),
+    deployment: str = typer.Option(None),
+    follow_it: bool = typer.Option(False, "--follow", "-f", help="Show the steps live until the end."),
+) -> None:
+    """Invoke a deployed workflow with inputs."""
+    with errors(), client() as api:
+        out = api.invoke(ref, key, parse_inputs(inputs), deployment=deployment, site=site)
+        if follow_it and not State.json_output:
+            out = follow(api, out["id"])
+    if follow_it and not State.json_output:
+        _print_result(out)
+        if out["state"] != "completed":
+            raise typer.Exit(1)
+        return
+    emit(out, lambda d: console.print(f"execution [bold]{d['id']}[/bold] accepted ({d['state']}); "
+                                      f"follow it with: waas executions logs {d['id']} --follow"))
+
+
+@executions.command("list")
+def list_executions(state: str = typer.Option(None), workflow: str = typer.Option(None),
+                    limit: int = typer.Option(50)) -> None:
+    """Your executions, newest first."""
+    with errors(), client() as api:
+        emit(api.list_executions(state=state, workflow=workflow, limit=limit), lambda d: table(d, EXEC_COLS))
+
+
+@executions.command("status")
+def status(execution_id: str) -> None:
+    """State, steps (with Slurm job and pipeline run ids), timings and outputs."""
+    with errors(), client() as api:
+        out = api.get_execution(execution_id)
+
+    def human(d: dict[str, Any]) -> None:
+        console.print(_steps_table(d))
+        _print_result(d)
+
+    emit(out, human)
+
+
+@executions.command("logs")
+def logs(execution_id: str, follow_it: bool = typer.Option(False, "--follow", "-f")) -> None:
+    """The execution's log (live with --follow)."""
+    with errors(), client() as api:
+        if follow_it:
+            for line in api.follow_execution(execution_id):
+                console.print(f"[dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+            return
+        page = api.execution_logs(execution_id)
+
+    def human(d: dict[str, Any]) -> None:
+        for line in d["lines"]:
+            console.print(f"{line['at'][11:19]} {line['text']}", markup=False, highlight=False)
+
+    emit(page, human)
+
+
+@executions.command("cancel")
+def cancel(execution_id: str) -> None:
+    """Cancel: Slurm jobs cancelled, pipeline runs stopped."""
+    with errors(), client() as api:
+        emit(api.cancel_execution(execution_id), lambda d: console.print(f"execution {d['id']}: {d['state']}"))
+
+
+@executions.command("outputs")
+def outputs(execution_id: str) -> None:
+    """The execution's outputs (catalogue ids of results, ...)."""
+    with errors(), client() as api:
+        emit(api.execution_outputs(execution_id), fields)
