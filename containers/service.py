@@ -329,11 +329,14 @@ class BuildWorker:
             and_(ImageBuild.state == BuildState.RUNNING, ImageBuild.lease_expires_at < now),
         )
         with self.sessions() as db:
-            candidates = db.scalars(
-                select(ImageBuild.id).where(ImageBuild.leader_id.is_(None), claimable)
-                .order_by(ImageBuild.created_at).limit(5)
+            rows = db.execute(
+                select(ImageBuild.id, ImageBuild.image_id).where(ImageBuild.leader_id.is_(None), claimable)
+                .order_by(ImageBuild.created_at).limit(20)
             ).all()
-            for build_id in candidates:
+            # Only builds whose saved inputs this worker can read: replicas share the store's folder,
+            # and a process pointed at another store must not take (and fail) builds it cannot run.
+            candidates = [b for b, image in rows if image and self.store.inputs_folder(image).exists()]
+            for build_id in candidates[:5]:
                 result = db.execute(
                     update(ImageBuild)
                     .where(ImageBuild.id == build_id, ImageBuild.leader_id.is_(None), claimable)
@@ -376,6 +379,7 @@ class BuildWorker:
         beat.start()
         try:
             log_file = self.store.log_file(build_id)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
             if attempts > 1:
                 with log_file.open("a") as fh:
                     fh.write(f"# resumed after an interruption (attempt {attempts} of {MAX_ATTEMPTS})\n")

@@ -200,12 +200,13 @@ class ImageSpec(_Strict):
                 raise ValueError(f"label {key} is set by the image service")
         return value
 
-    @model_validator(mode="after")
-    def _unique_destinations(self) -> ImageSpec:
-        dests = [f.dest.rstrip("/") for f in self.files]
+    @field_validator("files")
+    @classmethod
+    def _unique_destinations(cls, value: list[FileCopy]) -> list[FileCopy]:
+        dests = [f.dest.rstrip("/") for f in value]
         if len(set(dests)) != len(dests):
-            raise ValueError("files: two entries copy to the same destination")
-        return self
+            raise ValueError("two entries copy to the same destination")
+        return value
 
     # ---- derived ---------------------------------------------------------------------------
 
