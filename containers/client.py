@@ -37,12 +37,14 @@ class ImagesClient:
         return dict(self.api.request("GET", "/images/builder"))
 
     def build(self, *, spec: dict[str, Any] | None = None, dockerfile: str | None = None,
-              files: dict[str, bytes] | None = None, force: bool = False) -> dict[str, Any]:
+              files: dict[str, bytes] | None = None, executable: list[str] | None = None,
+              force: bool = False) -> dict[str, Any]:
         """Request a build from a spec (mapping) or a Dockerfile and the step files it copies."""
         body = {
             "spec": spec,
             "dockerfile": dockerfile,
             "files": {path: base64.b64encode(data).decode() for path, data in (files or {}).items()},
+            "executable": sorted(executable or []),
             "force": force,
         }
         return dict(self.api.request("POST", "/images/builds", json=body))
@@ -51,10 +53,11 @@ class ImagesClient:
         """Request a build of a step's ``image.yaml`` or ``Dockerfile`` (validated locally first)."""
         inputs = inputs_from_step(spec_path, step_dir)
         files = {path: f.data for path, f in inputs.files.items()}
+        executable = [path for path, f in inputs.files.items() if f.executable]
         if inputs.kind == "dockerfile":
-            return self.build(dockerfile=inputs.dockerfile, files=files, force=force)
+            return self.build(dockerfile=inputs.dockerfile, files=files, executable=executable, force=force)
         spec = yaml.safe_load(spec_path.read_text()) or {}
-        return self.build(spec=spec, files=files, force=force)
+        return self.build(spec=spec, files=files, executable=executable, force=force)
 
     def status(self, build_id: str) -> dict[str, Any]:
         return dict(self.api.request("GET", f"/images/builds/{build_id}"))

@@ -161,8 +161,9 @@ def inputs_from_step(spec_path: Path, step_dir: Path | None = None) -> BuildInpu
 
 
 def inputs_from_request(spec: dict[str, Any] | None, dockerfile: str | None,
-                        files: dict[str, str] | None) -> BuildInputs:
-    """Inputs sent over REST: a spec (mapping) or a Dockerfile, and files as base64 by relative path."""
+                        files: dict[str, str] | None, executable: list[str] | None = None) -> BuildInputs:
+    """Inputs sent over REST: a spec (mapping) or a Dockerfile, files as base64 by relative path,
+    and which of them are executable (the mode is part of the image id)."""
     if (spec is None) == (dockerfile is None):
         raise SpecError("send exactly one of `spec` and `dockerfile`",
                         problems=[{"field": "spec", "message": "one of spec, dockerfile"}])
@@ -172,7 +173,7 @@ def inputs_from_request(spec: dict[str, Any] | None, dockerfile: str | None,
             raise SpecError(f"files: {rel!r} is not a plain relative path",
                             problems=[{"field": f"files.{rel}", "message": "not a plain relative path"}])
         try:
-            decoded[rel] = StepFile(base64.b64decode(content, validate=True))
+            decoded[rel] = StepFile(base64.b64decode(content, validate=True), rel in set(executable or ()))
         except (binascii.Error, ValueError) as exc:
             raise SpecError(f"files: {rel} is not valid base64",
                             problems=[{"field": f"files.{rel}", "message": "not base64"}]) from exc

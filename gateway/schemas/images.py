@@ -16,6 +16,7 @@ class BuildRequest(BaseModel):
     spec: dict[str, Any] | None = Field(default=None, description="The image spec (see docs/containers.md).")
     dockerfile: str | None = Field(default=None, max_length=256 * 1024, description="A Dockerfile instead.")
     files: dict[str, str] = Field(default_factory=dict, description="Step files: relative path -> base64 content.")
+    executable: list[str] = Field(default_factory=list, description="Which of `files` are executable.")
     force: bool = Field(default=False, description="Rebuild even if the image is in the store.")
 
 

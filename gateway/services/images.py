@@ -53,7 +53,7 @@ def builder_status(worker: service.BuildWorker) -> BuilderOut:
 def request_build(db: Session, worker: service.BuildWorker, user: User, data: BuildRequest) -> ImageBuild:
     require_role(user, Role.DEVELOPER)
     with _mapped():
-        inputs = inputs_from_request(data.spec, data.dockerfile, data.files)
+        inputs = inputs_from_request(data.spec, data.dockerfile, data.files, data.executable)
         build = service.request_build(db, owner_id=user.id, inputs=inputs, store=worker.store,
                                       builder=worker.builder, force=data.force)
     worker.wake()
