@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, literal_column, text
+from sqlalchemy import CTE, ColumnElement, bindparam, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from catalogue.errors import InvalidQuery
@@ -64,30 +64,32 @@ def tsquery(terms: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Match:
-    """The pieces a listing query needs to search: a join (SQLite), a condition and a rank."""
+    """What a listing query needs to search: a source to start from (SQLite), a condition
+    (PostgreSQL) and a rank (ascending = best first)."""
 
-    condition: ColumnElement[bool]
-    rank: ColumnElement[Any]  # ascending = best first
-    fts_join: bool  # SQLite: join the FTS table on rowid = pk
+    rank: ColumnElement[Any]
+    source: CTE | None = None  # SQLite: the matching rows and their scores, joined on pk
+    condition: ColumnElement[bool] | None = None
 
 
 def match(dialect: str, terms: list[str]) -> Match:
-    """The search condition and ranking for a dialect."""
+    """The search source, condition and ranking for a dialect."""
     if dialect == "sqlite":
-        condition = literal_column(FTS_TABLE).op("MATCH")(bindparam("fts_q", fts5_query(terms)))
-        return Match(condition=condition, rank=literal_column(_BM25), fts_join=True)
+        # The matches are scored once, in C, in a materialised CTE that drives the query: the
+        # planner never probes the index row by row from another table's scan.
+        hits = (
+            select(literal_column("rowid").label("pk"), literal_column(_BM25).label("score"))
+            .select_from(text(FTS_TABLE))
+            .where(literal_column(FTS_TABLE).op("MATCH")(bindparam("fts_q", fts5_query(terms))))
+            .cte("search_hits")
+            .prefix_with("MATERIALIZED")
+        )
+        return Match(rank=hits.c.score, source=hits)
     if dialect == "postgresql":
         query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("ts_q", tsquery(terms)))
         document: ColumnElement[Any] = literal_column(PG_DOCUMENT)
-        return Match(condition=document.op("@@")(query), rank=-func.ts_rank(document, query), fts_join=False)
+        return Match(rank=-func.ts_rank(document, query), condition=document.op("@@")(query))
     raise InvalidQuery(f"full-text search is not available on {dialect}")
-
-
-def fts_table() -> Any:
-    """The FTS5 table as a selectable with its rowid (SQLite only)."""
-    from sqlalchemy import column, table
-
-    return table(FTS_TABLE, column("rowid"))
 
 
 def rebuild(session: Session) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -132,7 +132,8 @@ def visible(who: Principal | None) -> ColumnElement[bool]:
         return Dataset.access == "public"
     if who.is_admin:
         return true()
-    listed = exists().where(DatasetReader.dataset_pk == Dataset.pk, DatasetReader.username == who.username)
+    # Uncorrelated: the caller's grants are read once, not probed row by row.
+    listed = Dataset.pk.in_(select(DatasetReader.dataset_pk).where(DatasetReader.username == who.username))
     return or_(Dataset.access == "public", Dataset.owner_id == who.user_id, listed)
 
 
@@ -367,7 +368,7 @@ def _decode_cursor(cursor: str, sort: str, order: str) -> dict[str, Any]:
 def _filtered(stmt: Select[Any], who: Principal | None, f: DatasetFilters) -> Select[Any]:
     stmt = stmt.where(visible(who))
     for keyword in dict.fromkeys(f.keyword):
-        stmt = stmt.where(exists().where(DatasetKeyword.dataset_pk == Dataset.pk, DatasetKeyword.keyword == keyword))
+        stmt = stmt.where(Dataset.pk.in_(select(DatasetKeyword.dataset_pk).where(DatasetKeyword.keyword == keyword)))
     for column, value in ((Dataset.format, f.format), (Dataset.owner_name, f.owner), (Dataset.access, f.access),
                           (Dataset.site, f.site), (Dataset.protocol, f.protocol)):
         if value is not None:
@@ -385,14 +386,16 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
     if sort == "relevance" and not terms:
         raise InvalidQuery("sorting by relevance needs a search text", field="sort", hint="add ?q=words")
     order = f.order or ("asc" if sort in ("title", "relevance") else "desc")
-    stmt = _filtered(select(Dataset), who, f)
+    # Two steps: the page's row keys first (the sorter carries keys, not whole rows), then the rows.
+    stmt = select(Dataset.pk)
     match = None
     if terms:
         match = search.match(db.get_bind().dialect.name, terms)
-        if match.fts_join:
-            fts = search.fts_table()
-            stmt = stmt.join(fts, fts.c.rowid == Dataset.pk)
-        stmt = stmt.where(match.condition)
+        if match.source is not None:
+            stmt = stmt.select_from(match.source).join(Dataset, Dataset.pk == match.source.c.pk)
+        if match.condition is not None:
+            stmt = stmt.where(match.condition)
+    stmt = _filtered(stmt, who, f)
     cursor = _decode_cursor(f.cursor, sort, order) if f.cursor else None
     offset = 0
     if sort == "relevance":
@@ -417,9 +420,11 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
             stmt = stmt.where(or_(after, and_(key == value, pk_after)))
         stmt = stmt.order_by(key.asc() if order == "asc" else key.desc(),
                              Dataset.pk.asc() if order == "asc" else Dataset.pk.desc())
-    rows = list(db.scalars(stmt.limit(f.limit + 1)))
-    more = len(rows) > f.limit
-    rows = rows[: f.limit]
+    pks = list(db.scalars(stmt.limit(f.limit + 1)))
+    more = len(pks) > f.limit
+    pks = pks[: f.limit]
+    loaded = {d.pk: d for d in db.scalars(select(Dataset).where(Dataset.pk.in_(pks)))} if pks else {}
+    rows = [loaded[pk] for pk in pks]
     next_cursor = None
     if more and rows:
         last = rows[-1]
