@@ -9,6 +9,28 @@ the executor looks their tag up first.
 
 Independent nodes run in parallel on a thread pool (``workers``); a node starts when every node
 it requires is started (deploy) or when every node requiring it is deleted (undeploy).
+
+Blocking and non-blocking calls
+-------------------------------
+``deploy``, ``undeploy`` and ``run_workflow`` take ``blocking``. A blocking call (the CLI) returns
+when the run has ended; suspendable executors are driven by start, then sleep and poll. A
+non-blocking call (the gateway's worker) returns as soon as nothing can progress without
+waiting: every operation a suspendable executor answered with :class:`Waiting` is saved as
+``waiting`` (with its memo: job id, DAG run id), the operations that do not depend on it still
+run to their end in the same call, and the run comes back ``waiting`` with ``wake_at``, the
+earliest time worth calling again with ``resume=True``. Such a call polls the waiting operations
+whose time has come (no new side effect) and carries on. Nothing is held between calls: no
+thread, no SSH session, no ssh-agent.
+
+Non-blocking calls record failures in the run (``failed``, ``error``) and return it; blocking
+calls raise them, as before.
+
+Cancel
+------
+:meth:`Engine.cancel` (or a ``cancel_check`` that turns true while a call runs, or
+:meth:`Engine.request_cancel` from another thread) cancels every running or waiting operation
+through its executor (scancel, DAG run marked failed), marks them and the run ``cancelled`` and
+skips the workflow steps that had not started. A cancelled run is never resumed.
 """
 
 from __future__ import annotations
@@ -25,11 +47,19 @@ from typing import Any
 
 from deployer.credentials import AgentPool, CredentialProvider
 from deployer.errors import AggregatedOperationError, DeployerError, OperationError, StateError
-from deployer.executors import ExecutorRegistry, HostSpec, OperationRequest, OperationResult, registry
+from deployer.executors import (
+    ExecutorRegistry,
+    HostSpec,
+    OperationRequest,
+    OperationResult,
+    Waiting,
+    is_suspendable,
+    registry,
+)
 from deployer.functions import Context, Evaluator
 from deployer.model import NodeInstance, NodeState, OperationDef, Topology
 from deployer.plan import NodePlan, Phase, Plan, PlannedOp, deploy_plan, undeploy_plan
-from deployer.state import DeploymentRecord, OpRecord, RunRecord, StateStore
+from deployer.state import ACTIVE_OP_STATUSES, DeploymentRecord, OpRecord, RunRecord, StateStore
 from hpcwaas.ssh import SiteEndpoint
 
 log = logging.getLogger(__name__)
@@ -46,13 +76,32 @@ _DEPLOY_ORDER = [
 ]
 HPC_SITE = "hpcwaas.nodes.HPCSite"
 LOCALHOST = "hpcwaas.nodes.Localhost"
+MAX_WAIT = 24 * 3600.0  # a Waiting.after beyond this is clamped
+
+
+class Suspended(Exception):
+    """Internal: an operation (or a branch) waits; the call unwinds and the run is saved waiting."""
+
+    def __init__(self, wake_at: float) -> None:
+        super().__init__(f"waiting until {wake_at}")
+        self.wake_at = wake_at
+
+
+class Cancelled(Exception):
+    """Internal: a cancel was requested while the call ran; the call unwinds and cancels the run."""
+
+
+class RecordedFailure(DeployerError):
+    """A failure recorded by an earlier call of the same run (it is not retried on resume)."""
+
+    code = "operation_failed"
 
 
 @dataclass(frozen=True)
 class Event:
     """A progress event for the CLI (or the gateway's live log)."""
 
-    kind: str  # node_state | op_start | op_done | op_skip | op_failed | log | run
+    kind: str  # node_state | op_start | op_wait | op_done | op_skip | op_failed | op_cancelled | log | run
     node: str | None = None
     op: str | None = None
     state: str | None = None
@@ -79,8 +128,10 @@ class _Hooks:
 
     def remember(self, data: Mapping[str, Any]) -> None:
         with self.engine._lock:
-            self.run.ops[self.key].memo.update(data)
-            self.engine._commit()
+            rec = self.run.ops.get(self.key)
+            if rec is not None:
+                rec.memo.update(data)
+                self.engine._commit()
 
 
 class Engine:
@@ -97,7 +148,16 @@ class Engine:
         credentials: CredentialProvider | None = None,
         executors: ExecutorRegistry = registry,
         on_event: EventSink | None = None,
+        context: Mapping[str, Any] | None = None,
+        cancel_check: Callable[[], bool] | None = None,
     ) -> None:
+        """Load (or start) the record of ``deployment_id`` from ``store``.
+
+        ``context`` reaches every executor as ``request.context`` (never persisted): the gateway
+        passes e.g. its user, execution and site ids. ``cancel_check`` is asked before each
+        operation starts and between polls of a blocking call: when it returns True the run is
+        cancelled (e.g. the gateway reads its row's cancel flag).
+        """
         self.topology = topology
         self.store = store
         self.deployment_id = check_id(deployment_id)
@@ -105,6 +165,13 @@ class Engine:
         self.credentials = credentials
         self.executors = executors
         self.on_event = on_event
+        self.context: Mapping[str, Any] = dict(context or {})
+        self.cancel_check = cancel_check
+        self._cancel = threading.Event()
+        self._blocking = True
+        self._retry_failed = False
+        self._driving = False
+        self._last_wait: dict[str, str] = {}
         self._lock = threading.RLock()
         self.agents = AgentPool(credentials)
         secret_names = topology.secret_inputs()
@@ -147,10 +214,20 @@ class Engine:
                 self._commit()
         self._emit(Event("node_state", node=node, state=state.value))
 
-    def _new_run(self, workflow: str, inputs: Mapping[str, Any] | None = None) -> RunRecord:
-        secret = self.topology.secret_inputs()
+    def _new_run(
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        secret: set[str] | None = None,
+    ) -> RunRecord:
+        secret = secret if secret is not None else self.topology.secret_inputs()
+        if run_id is not None:
+            check_id(run_id, "run id")
+            if self.record.run(run_id) is not None:
+                raise StateError(f"deployment {self.deployment_id} already has a run {run_id!r}")
         run = RunRecord(
-            id=f"r{len(self.record.runs) + 1}-{uuid.uuid4().hex[:6]}",
+            id=run_id or f"r{len(self.record.runs) + 1}-{uuid.uuid4().hex[:6]}",
             workflow=workflow,
             inputs={k: v for k, v in (inputs or {}).items() if k not in secret},
         )
@@ -164,12 +241,20 @@ class Engine:
             run.status = "failed" if error else "done"
             run.error = str(error) if error else None
             run.finished_at = time.time()
+            run.wake_at = None
             self._commit()
         self._emit(Event("run", message=f"{run.workflow} {run.status}"))
 
     def _resumable(self, workflow: str, resume: bool) -> RunRecord | None:
         last = self.record.last_run(workflow)
+        self._retry_failed = False
         if resume and last is not None and last.status != "done":
+            if last.status == "cancelled":
+                raise StateError(
+                    f"the {workflow} run {last.id} of {self.deployment_id} was cancelled: it cannot be resumed",
+                    hint="start a new run (without resume)",
+                )
+            self._retry_failed = last.status == "failed"  # a failed run resumed: retry what failed
             return last
         return None
 
@@ -207,6 +292,77 @@ class Engine:
 
     # -- one operation ----------------------------------------------------------------------------
 
+    def _cancel_wanted(self) -> bool:
+        if self._cancel.is_set():
+            return True
+        if self.cancel_check is not None:
+            try:
+                if self.cancel_check():
+                    self._cancel.set()
+                    return True
+            except Exception:  # a broken check must not break the run
+                log.exception("cancel check failed")
+        return False
+
+    def request_cancel(self) -> None:
+        """Ask a call running in another thread to stop and cancel its run (returns at once)."""
+        self._cancel.set()
+
+    def _request(
+        self,
+        run: RunRecord,
+        key: str,
+        node: str,
+        op: OperationDef,
+        *,
+        runs_on: str,
+        ctx: Context,
+        memo: Mapping[str, Any],
+        extra_inputs: Mapping[str, Any] | None = None,
+        input_overrides: Mapping[str, Any] | None = None,
+        step: str | None = None,
+        attempt: int = 1,
+        lenient: bool = False,
+    ) -> OperationRequest:
+        """The request for one operation; ``lenient`` drops inputs that cannot be evaluated (cancel)."""
+        ev = self._evaluator(extra_inputs)
+
+        def evaluate_all(values: Mapping[str, Any], where: Context, lenient: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for name, value in values.items():
+                try:
+                    out[name] = ev.evaluate(value, where)
+                except DeployerError:
+                    if not lenient:
+                        raise
+            return out
+
+        inputs = evaluate_all(op.inputs, ctx, lenient)
+        if input_overrides:
+            inputs.update(evaluate_all(input_overrides, ctx, lenient))
+        template = self.topology.nodes[node]
+        # Properties are a convenience for service executors: those not computable yet are left out.
+        properties = evaluate_all(template.properties, Context(node=node, field="properties"), True)
+        return OperationRequest(
+            deployment_id=self.deployment_id,
+            run_id=run.id,
+            node=node,
+            op=op,
+            inputs=inputs,
+            host=self.host_for(runs_on),
+            artifacts={n: a.path for n, a in template.artifacts.items()},
+            secrets=self._secrets,
+            memo=dict(memo),
+            agents=self.agents,
+            credentials=self.credentials,
+            key=key,
+            properties=properties,
+            node_type=template.type,
+            step=step,
+            attempt=attempt,
+            context=self.context,
+        )
+
     def run_operation(
         self,
         run: RunRecord,
@@ -219,41 +375,83 @@ class Engine:
         extra_inputs: Mapping[str, Any] | None = None,
         input_overrides: Mapping[str, Any] | None = None,
         attributes_to: str | None = None,
+        step: str | None = None,
     ) -> None:
-        """Run one operation once in ``run`` (skipped when already done there)."""
+        """Run one operation once in ``run`` (skipped when already done there).
+
+        An operation found ``waiting`` is polled, never started again. In a non-blocking call a
+        :class:`Waiting` answer raises :class:`Suspended` (the caller's branch stops there).
+        """
         with self._lock:
             rec = run.ops.get(key)
             if rec is not None and rec.status == "done":
                 self._emit(Event("op_skip", node=node, op=op.key, message="already done"))
                 return
-            memo = dict(rec.memo) if rec is not None else {}
-            attempts = rec.attempts + 1 if rec is not None else 1
-            run.ops[key] = OpRecord(status="running", attempts=attempts, memo=memo)
-            self._commit()
-        self._emit(Event("op_start", node=node, op=op.key, message=key))
+            if rec is not None and rec.status == "cancelled":
+                raise Cancelled()
+            if rec is not None and rec.status == "failed" and not self._retry_failed:
+                raise RecordedFailure(rec.error or f"{node}: {op.key} failed", node=node, operation=op.key)
+            waiting = rec is not None and rec.status == "waiting"
+            if not waiting and self._cancel_wanted():
+                raise Cancelled()
+            if rec is not None and waiting:
+                if not self._blocking and rec.wake_at is not None and rec.wake_at > time.time() + 0.05:
+                    raise Suspended(rec.wake_at)  # not due yet: no poll, no connection
+                attempts = rec.attempts
+            else:
+                attempts = rec.attempts + 1 if rec is not None else 1
+                run.ops[key] = OpRecord(
+                    status="running",
+                    attempts=attempts,
+                    memo=dict(rec.memo) if rec is not None else {},
+                    node=node,
+                    operation=op.key,
+                    runs_on=runs_on,
+                    step=step,
+                )
+                self._commit()
+            memo = dict(run.ops[key].memo)
+        self._emit(Event("op_start", node=node, op=op.key, message=key + (" (poll)" if waiting else "")))
         started = time.perf_counter()
+        target = attributes_to or node
+        hooks = _Hooks(self, run, key, node)
         try:
             assert op.implementation is not None
-            ev = self._evaluator(extra_inputs)
-            inputs = {k: ev.evaluate(v, ctx) for k, v in op.inputs.items()}
-            if input_overrides:
-                inputs.update({k: ev.evaluate(v, ctx) for k, v in input_overrides.items()})
-            request = OperationRequest(
-                deployment_id=self.deployment_id,
-                run_id=run.id,
-                node=node,
-                op=op,
-                inputs=inputs,
-                host=self.host_for(runs_on),
-                artifacts={n: a.path for n, a in self.topology.nodes[node].artifacts.items()},
-                secrets=self._secrets,
+            request = self._request(
+                run,
+                key,
+                node,
+                op,
+                runs_on=runs_on,
+                ctx=ctx,
                 memo=memo,
-                agents=self.agents,
-                credentials=self.credentials,
-                key=key,
+                extra_inputs=extra_inputs,
+                input_overrides=input_overrides,
+                step=step,
+                attempt=attempts,
             )
             executor = self.executors.get(op.implementation.artifact_type)
-            result: OperationResult = executor.run(request, _Hooks(self, run, key, node))
+            suspendable = is_suspendable(executor)
+            outcome: OperationResult | Waiting
+            if waiting:
+                outcome = self._poll(executor, request, hooks, run, key)
+            elif suspendable and not (self._blocking and callable(getattr(executor, "run", None))):
+                outcome = executor.start(request, hooks)  # type: ignore[union-attr]
+            else:
+                outcome = executor.run(request, hooks)  # type: ignore[union-attr]
+            while isinstance(outcome, Waiting):
+                if not suspendable:
+                    raise TypeError(f"{type(executor).__name__}.run returned Waiting; only start/poll may")
+                wake_at = self._op_waiting(run, key, node, op, target, outcome)
+                if not self._blocking:
+                    raise Suspended(wake_at)
+                if self._cancel.wait(max(0.0, wake_at - time.time())) or self._cancel_wanted():
+                    raise Cancelled()
+                request.memo = dict(run.ops[key].memo)
+                outcome = self._poll(executor, request, hooks, run, key)
+            result = outcome
+        except (Suspended, Cancelled):
+            raise
         except DeployerError as exc:
             self._op_failed(run, key, node, op, exc)
             raise
@@ -261,7 +459,6 @@ class Engine:
             err = OperationError(f"{type(exc).__name__}: {exc}", node=node, interface=op.interface, operation=op.name)
             self._op_failed(run, key, node, op, err)
             raise err from exc
-        target = attributes_to or node
         with self._lock:
             inst = self.record.nodes[target]
             inst.attributes.update(result.attributes)
@@ -270,18 +467,53 @@ class Engine:
                 # TOSCA 1.3 output mapping: {output: [SELF, attribute]}
                 if isinstance(mapping, list) and len(mapping) >= 2 and out_name in result.outputs:
                     inst.attributes[str(mapping[-1])] = result.outputs[out_name]
-            run.ops[key].status = "done"
-            run.ops[key].finished_at = time.time()
+            rec = run.ops[key]
+            rec.status = "done"
+            rec.finished_at = time.time()
+            rec.wake_at = None
+            rec.outputs = dict(result.outputs)
             self.executor_seconds += result.executor_seconds
             self.ops_run += 1
             self._commit()
         self._emit(Event("op_done", node=node, op=op.key, seconds=time.perf_counter() - started))
+
+    def _poll(
+        self, executor: Any, request: OperationRequest, hooks: _Hooks, run: RunRecord, key: str
+    ) -> OperationResult | Waiting:
+        with self._lock:
+            run.ops[key].polls += 1
+        outcome: OperationResult | Waiting = executor.poll(request, hooks)
+        return outcome
+
+    def _op_waiting(
+        self, run: RunRecord, key: str, node: str, op: OperationDef, target: str, waiting: Waiting
+    ) -> float:
+        """Save the operation as waiting (memo, wake time, attributes known so far); return wake_at."""
+        after = min(max(float(waiting.after), 0.0), MAX_WAIT)
+        wake_at = time.time() + after
+        with self._lock:
+            rec = run.ops[key]
+            changed = rec.status != "waiting" or dict(rec.memo, **waiting.memo) != rec.memo
+            rec.status = "waiting"
+            rec.memo.update(waiting.memo)
+            rec.wake_at = wake_at
+            if waiting.attributes:
+                self.record.nodes[target].attributes.update(waiting.attributes)
+                changed = True
+            if changed or not self._blocking:
+                self._commit()
+            announce = bool(waiting.message) and self._last_wait.get(key) != waiting.message
+            self._last_wait[key] = waiting.message
+        if announce:
+            self._emit(Event("op_wait", node=node, op=op.key, message=waiting.message, seconds=after))
+        return wake_at
 
     def _op_failed(self, run: RunRecord, key: str, node: str, op: OperationDef, exc: DeployerError) -> None:
         with self._lock:
             run.ops[key].status = "failed"
             run.ops[key].error = str(exc)
             run.ops[key].finished_at = time.time()
+            run.ops[key].wake_at = None
             self.record.nodes[node].state = NodeState.ERROR
             self.record.nodes[node].attributes["state"] = NodeState.ERROR.value
             self._commit()
@@ -289,6 +521,7 @@ class Engine:
         self._emit(Event("node_state", node=node, state=NodeState.ERROR.value))
 
     def _run_planned(self, run: RunRecord, pop: PlannedOp, prefix: str = "") -> None:
+        step = prefix + pop.node
         if pop.requirement is not None:
             ctx = Context(node=pop.node, source=pop.node, target=pop.target, requirement=pop.requirement)
             on_target = pop.runs_on != pop.node
@@ -300,9 +533,12 @@ class Engine:
                 runs_on=pop.runs_on,
                 ctx=ctx,
                 attributes_to=pop.target if on_target else pop.node,
+                step=step,
             )
         else:
-            self.run_operation(run, prefix + pop.key, pop.node, pop.op, runs_on=pop.runs_on, ctx=Context(node=pop.node))
+            self.run_operation(
+                run, prefix + pop.key, pop.node, pop.op, runs_on=pop.runs_on, ctx=Context(node=pop.node), step=step
+            )
 
     # -- node lifecycles -------------------------------------------------------------------------
 
@@ -321,25 +557,37 @@ class Engine:
             return state in (NodeState.STARTED, NodeState.STOPPING, NodeState.ERROR)
         return True
 
+    def _mark_step(self, run: RunRecord, step: str, value: str) -> None:
+        with self._lock:
+            if run.steps.get(step) != value:
+                run.steps[step] = value
+                self._commit()
+
     def run_node(self, run: RunRecord, plan: NodePlan, kind: str, prefix: str = "") -> None:
         """Move one node through the phases of a deploy or undeploy plan."""
+        step = prefix + plan.node
         with self._lock:
-            run.steps[prefix + plan.node] = "running"
-        for phase in plan.phases:
-            state = self.record.nodes[plan.node].state
-            if not self._phase_needed(kind, state, phase):
-                continue
-            # Node states ride along with the next durable write (the operation's start record,
-            # or the node's completion): a crash in between replays at most this bookkeeping.
-            if phase.during is not None and phase.ops and state != phase.during:
-                self._set_state(plan.node, phase.during, commit=False)
-            for pop in phase.ops:
-                self._run_planned(run, pop, prefix)
-            if phase.after is not None and self.record.nodes[plan.node].state != phase.after:
-                self._set_state(plan.node, phase.after, commit=False)
-        with self._lock:
-            run.steps[prefix + plan.node] = "done"
-            self._commit()
+            run.steps[step] = "running"
+        try:
+            for phase in plan.phases:
+                state = self.record.nodes[plan.node].state
+                if not self._phase_needed(kind, state, phase):
+                    continue
+                # Node states ride along with the next durable write (the operation's start record,
+                # or the node's completion): a crash in between replays at most this bookkeeping.
+                if phase.during is not None and phase.ops and state != phase.during:
+                    self._set_state(plan.node, phase.during, commit=False)
+                for pop in phase.ops:
+                    self._run_planned(run, pop, prefix)
+                if phase.after is not None and self.record.nodes[plan.node].state != phase.after:
+                    self._set_state(plan.node, phase.after, commit=False)
+        except Suspended:
+            self._mark_step(run, step, "waiting")
+            raise
+        except DeployerError:
+            self._mark_step(run, step, "failed")
+            raise
+        self._mark_step(run, step, "done")
 
     def _node_done(self, run: RunRecord, kind: str, node: str, prefix: str) -> bool:
         step = run.steps.get(prefix + node)
@@ -348,20 +596,46 @@ class Engine:
         state = self.record.nodes[node].state
         return state == NodeState.STARTED if kind == "deploy" else state in (NodeState.INITIAL, NodeState.DELETED)
 
+    def recorded_error(self, run: RunRecord, step: str) -> RecordedFailure:
+        """The failure an earlier call recorded for a step (its failed operation's error)."""
+        for rec in run.ops.values():
+            mine = rec.step is not None and (rec.step == step or rec.step.startswith(step + "#"))
+            if mine and rec.status == "failed":
+                return RecordedFailure(rec.error or f"{step} failed", node=rec.node, operation=rec.operation)
+        return RecordedFailure(f"{step} failed")
+
     def execute_plan(self, run: RunRecord, plan: Plan, only: set[str] | None = None, prefix: str = "") -> None:
-        """Run a plan's nodes on the worker pool, respecting dependencies."""
+        """Run a plan's nodes on the worker pool, respecting dependencies.
+
+        Raises :class:`Suspended` when some node waits (after running everything that does not
+        depend on it), :class:`Cancelled` on a cancel request, the failure(s) otherwise.
+        """
         names = [n for w in plan.waves for n in w if only is None or n in only]
         done = {
             n for n in plan.nodes if (only is not None and n not in only) or self._node_done(run, plan.kind, n, prefix)
         }
-        pending = [n for n in names if n not in done]
         errors: list[DeployerError] = []
+        if not self._retry_failed:  # failures of earlier calls of this run stay failures
+            for n in names:
+                if n not in done and run.steps.get(prefix + n) == "failed":
+                    errors.append(self.recorded_error(run, prefix + n))
+                    done.add(n)  # not re-run; nothing new starts anyway while errors exist
+        pending = [n for n in names if n not in done]
+        failed_before = bool(errors)
+        wakes: list[float] = []
+        cancelled = False
         running: dict[Future[None], str] = {}
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deployer") as pool:
             while pending or running:
-                if not errors:
+                if not errors and not cancelled:
                     for n in list(pending):
                         if all(w in done for w in plan.nodes[n].waits_for):
+                            pending.remove(n)
+                            running[pool.submit(self.run_node, run, plan.nodes[n], plan.kind, prefix)] = n
+                elif failed_before and not running:
+                    # An earlier call failed a node: only nodes already waiting may still finish.
+                    for n in list(pending):
+                        if run.steps.get(prefix + n) == "waiting":
                             pending.remove(n)
                             running[pool.submit(self.run_node, run, plan.nodes[n], plan.kind, prefix)] = n
                 if not running:
@@ -372,10 +646,18 @@ class Engine:
                     exc = fut.exception()
                     if exc is None:
                         done.add(n)
+                    elif isinstance(exc, Suspended):
+                        wakes.append(exc.wake_at)
+                    elif isinstance(exc, Cancelled):
+                        cancelled = True
                     elif isinstance(exc, DeployerError):
                         errors.append(exc)
                     else:
                         raise exc
+        if cancelled:
+            raise Cancelled()
+        if wakes:
+            raise Suspended(min(wakes))
         if errors:
             raise errors[0] if len(errors) == 1 else AggregatedOperationError(errors)
         if pending:
@@ -385,62 +667,235 @@ class Engine:
 
     def _guard(self, resume: bool, workflow: str) -> RunRecord | None:
         last = self.record.last_run()
-        if last is not None and last.status == "running" and not resume:
+        if last is not None and last.status in ("running", "waiting") and not resume:
+            what = "was interrupted" if last.status == "running" else "is waiting for operations to end"
             raise StateError(
-                f"the {last.workflow} run {last.id} of {self.deployment_id} was interrupted",
-                hint="run the same command with --resume to continue it",
+                f"the {last.workflow} run {last.id} of {self.deployment_id} {what}",
+                hint="continue it with resume (--resume), or cancel it",
             )
         return self._resumable(workflow, resume)
 
-    def deploy(self, *, resume: bool = False) -> RunRecord:
-        """Run the install workflow (or continue an interrupted one with ``resume``)."""
-        run = self._guard(resume, "install") or self._new_run("install")
-        with self._lock:
-            self.record.status = "deploying"
-            self._commit()
-        return self._drive(run, lambda: self.execute_plan(run, deploy_plan(self.topology)), "deployed")
+    def deploy(self, *, resume: bool = False, blocking: bool = True, run_id: str | None = None) -> RunRecord:
+        """Run the install workflow (or continue an interrupted or waiting one with ``resume``)."""
+        run = self._guard(resume, "install") or self._new_run("install", run_id=run_id)
+        return self._drive(run, lambda: self.execute_plan(run, deploy_plan(self.topology)), "deployed",
+                           blocking=blocking, busy_status="deploying")
 
-    def undeploy(self, *, resume: bool = False) -> RunRecord:
+    def undeploy(self, *, resume: bool = False, blocking: bool = True, run_id: str | None = None) -> RunRecord:
         """Run the uninstall workflow, dependants first."""
-        run = self._guard(resume, "uninstall") or self._new_run("uninstall")
-        with self._lock:
-            self.record.status = "undeploying"
-            self._commit()
-        return self._drive(run, lambda: self.execute_plan(run, undeploy_plan(self.topology)), "undeployed")
+        run = self._guard(resume, "uninstall") or self._new_run("uninstall", run_id=run_id)
+        return self._drive(run, lambda: self.execute_plan(run, undeploy_plan(self.topology)), "undeployed",
+                           blocking=blocking, busy_status="undeploying")
 
-    def run_workflow(self, name: str, inputs: Mapping[str, Any] | None = None, *, resume: bool = False) -> RunRecord:
-        """Run an imperative workflow (install and uninstall map to deploy and undeploy)."""
+    def run_workflow(
+        self,
+        name: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        resume: bool = False,
+        blocking: bool = True,
+        run_id: str | None = None,
+    ) -> RunRecord:
+        """Run an imperative workflow (install and uninstall map to deploy and undeploy).
+
+        On resume, the run's recorded inputs are used again (``inputs`` may add the secret ones,
+        which are never recorded).
+        """
         from deployer.workflows import WorkflowRunner
 
         if name == "install":
-            return self.deploy(resume=resume)
+            return self.deploy(resume=resume, blocking=blocking, run_id=run_id)
         if name == "uninstall":
-            return self.undeploy(resume=resume)
+            return self.undeploy(resume=resume, blocking=blocking, run_id=run_id)
         runner = WorkflowRunner(self, name)
-        resolved = runner.resolve_inputs(inputs or {})
-        run = self._guard(resume, name) or self._new_run(name, resolved)
-        return self._drive(run, lambda: runner.run(run, resolved), None)
+        secret = self.topology.secret_inputs() | {n for n, d in runner.workflow.inputs.items() if d.secret}
+        existing = self._guard(resume, name)
+        resolved = runner.resolve_inputs({**(existing.inputs if existing else {}), **(inputs or {})})
+        self._add_secrets(resolved, secret)
+        run = existing or self._new_run(name, resolved, run_id=run_id, secret=secret)
+        return self._drive(run, lambda: runner.run(run, resolved), None, blocking=blocking)
 
-    def _drive(self, run: RunRecord, body: Callable[[], None], success_status: str | None) -> RunRecord:
+    def resume(self, run_id: str | None = None, *, blocking: bool = False,
+               inputs: Mapping[str, Any] | None = None) -> RunRecord:
+        """Continue a run (by default the last one) whatever its workflow: what a worker calls."""
+        run = self.record.run(run_id) if run_id else self.record.last_run()
+        if run is None:
+            raise StateError(f"deployment {self.deployment_id} has no run {run_id or ''}".strip())
+        if run.terminal and run.status != "failed":
+            return run
+        if self.record.last_run(run.workflow) is not run:
+            raise StateError(f"run {run.id} is not the last {run.workflow} run of {self.deployment_id}")
+        if run.status == "failed":
+            return run  # a failed run is retried only on explicit request (deploy/run_workflow with resume)
+        return self.run_workflow(run.workflow, inputs, resume=True, blocking=blocking)
+
+    def _add_secrets(self, values: Mapping[str, Any], names: set[str]) -> None:
+        extra = tuple(str(v) for k, v in values.items() if k in names and v not in (None, ""))
+        self._secrets = tuple(dict.fromkeys(self._secrets + extra))
+
+    def _drive(
+        self,
+        run: RunRecord,
+        body: Callable[[], None],
+        success_status: str | None,
+        *,
+        blocking: bool = True,
+        busy_status: str | None = None,
+    ) -> RunRecord:
+        self._blocking = blocking
         with self.store.lock():
-            self._emit(Event("run", message=f"{run.workflow} {run.id} started"))
+            self._driving = True
             try:
-                body()
-            except BaseException as exc:
-                self._finish_run(run, exc)
-                if success_status is not None:
-                    with self._lock:
-                        self.record.status = "failed"
-                        self._commit()
-                raise
+                return self._drive_locked(run, body, success_status, busy_status)
             finally:
+                self._driving = False
                 self.agents.close()
-            self._finish_run(run, None)
+                self._last_wait.clear()
+
+    def _drive_locked(
+        self, run: RunRecord, body: Callable[[], None], success_status: str | None, busy_status: str | None
+    ) -> RunRecord:
+        with self._lock:
+            run.status = "running"
+            run.wake_at = None
+            run.calls += 1
+            if busy_status is not None:
+                self.record.status = busy_status  # type: ignore[assignment]
+            self._commit()
+        if run.cancel_requested or self._cancel_wanted():
+            return self._cancel_run(run)
+        self._emit(Event("run", message=f"{run.workflow} {run.id} {'resumed' if run.calls > 1 else 'started'}"))
+        try:
+            body()
+        except Suspended as sus:
+            with self._lock:
+                run.status = "waiting"
+                run.wake_at = sus.wake_at
+                self._commit()
+            self._emit(Event("run", message=f"{run.workflow} {run.id} waiting",
+                             seconds=max(0.0, sus.wake_at - time.time())))
+            return run
+        except Cancelled:
+            return self._cancel_run(run)
+        except BaseException as exc:
+            self._finish_run(run, exc)
             if success_status is not None:
                 with self._lock:
-                    self.record.status = success_status  # type: ignore[assignment]
+                    self.record.status = "failed"
                     self._commit()
+            if self._blocking or not isinstance(exc, DeployerError):
+                raise
+            return run
+        self._finish_run(run, None)
+        if success_status is not None:
+            with self._lock:
+                self.record.status = success_status  # type: ignore[assignment]
+                self._commit()
         return run
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def cancel(self, run_id: str | None = None) -> RunRecord:
+        """Cancel a run (by default the last one): its running and waiting operations are cancelled
+        through their executors, the run and they end ``cancelled``.
+
+        Idempotent; a run already done or failed is returned unchanged. Called while another
+        thread drives this engine, it only requests the cancel (that thread does it and returns
+        the cancelled run). When an executor's cancel fails, the run keeps ``cancel_requested``
+        (a resume cancels again instead of advancing) and the error is raised.
+        """
+        run = self.record.run(run_id) if run_id else self.record.last_run()
+        if run is None:
+            raise StateError(f"deployment {self.deployment_id} has no run {run_id or ''}".strip())
+        if run.terminal:
+            return run
+        if self._driving:
+            self._cancel.set()
+            return run
+        with self.store.lock():
+            try:
+                return self._cancel_run(run)
+            finally:
+                self.agents.close()
+
+    def _find_op(self, node: str, op_key: str) -> OperationDef | None:
+        template = self.topology.nodes.get(node)
+        if template is None:
+            return None
+        if op_key in template.operations:
+            return template.operations[op_key]
+        for req in template.requirements:
+            if op_key in req.operations:
+                return req.operations[op_key]
+        return None
+
+    def _cancel_run(self, run: RunRecord) -> RunRecord:
+        with self._lock:
+            run.cancel_requested = True
+            self._commit()
+        self._emit(Event("run", message=f"{run.workflow} {run.id} cancelling"))
+        failures: list[str] = []
+        for key, rec in list(run.ops.items()):
+            if rec.status not in ACTIVE_OP_STATUSES:
+                continue
+            try:
+                self._cancel_op(run, key, rec)
+            except Exception as exc:  # every operation gets its cancel attempt
+                failures.append(f"{key}: {exc}")
+                log.warning("cancel of %s failed: %s", key, exc)
+                continue
+            with self._lock:
+                rec.status = "cancelled"
+                rec.finished_at = time.time()
+                rec.wake_at = None
+                self._commit()
+            self._emit(Event("op_cancelled", node=rec.node, op=rec.operation, message=key))
+        if failures:
+            raise DeployerError(
+                f"cancel of run {run.id} incomplete: {'; '.join(failures)}",
+                hint="cancel again (or resume the run: it cancels instead of advancing)",
+            )
+        with self._lock:
+            for step, value in run.steps.items():
+                if value in ("running", "waiting"):
+                    run.steps[step] = "cancelled"
+            wf = self.topology.workflows.get(run.workflow)
+            if wf is not None:
+                for name in wf.steps:
+                    run.steps.setdefault(f"{wf.name}.{name}", "skipped")
+            run.status = "cancelled"
+            run.error = "cancelled"
+            run.finished_at = time.time()
+            run.wake_at = None
+            if run.workflow in ("install", "uninstall"):
+                self.record.status = "cancelled"
+            self._commit()
+        self._emit(Event("run", message=f"{run.workflow} {run.id} cancelled"))
+        return run
+
+    def _cancel_op(self, run: RunRecord, key: str, rec: OpRecord) -> None:
+        if rec.node is None or rec.operation is None:
+            return
+        op = self._find_op(rec.node, rec.operation)
+        if op is None or op.implementation is None:
+            return
+        executor = self.executors.lookup(op.implementation.artifact_type)
+        if executor is None or not is_suspendable(executor):
+            return  # a blocking operation cannot be stopped from here; it is only marked
+        request = self._request(
+            run,
+            key,
+            rec.node,
+            op,
+            runs_on=rec.runs_on or rec.node,
+            ctx=Context(node=rec.node),
+            memo=rec.memo,
+            extra_inputs=run.inputs,
+            step=rec.step,
+            attempt=rec.attempts,
+            lenient=True,
+        )
+        executor.cancel(request, _Hooks(self, run, key, rec.node))  # type: ignore[union-attr]
 
     # -- outputs --------------------------------------------------------------------------------
 

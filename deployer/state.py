@@ -2,12 +2,23 @@
 
 The engine keeps one :class:`DeploymentRecord` in memory and hands the whole record to
 ``StateStore.save`` after every transition (node state change, operation start and end, job id
-learnt). ``save`` must be durable when it returns: the engine acknowledges nothing before that.
-The gateway provides a database-backed store with the same two methods (plus ``lock``); the
-folder store here serves the CLI.
+learnt, operation waiting, run waiting/cancelled). ``save`` must be durable when it returns: the
+engine acknowledges nothing before that. The folder store here serves the CLI; the gateway
+provides a database-backed store (see :class:`StateStore` for the contract).
 
 Secret inputs never reach the record: only their names are kept, and the values must be given
 again to resume.
+
+Statuses
+--------
+operation (:data:`OpStatus`): ``running`` (started, or being run by a blocking executor),
+``waiting`` (a suspendable executor started it and said "look again at ``wake_at``"; the side
+effect happened, ``memo`` says which: job id, DAG run id), ``done``, ``failed``, ``cancelled``.
+
+run (:data:`RunStatus`): ``running`` (a call is driving it, or the process driving it died:
+resume it), ``waiting`` (nothing can progress before ``wake_at``: resume it then, nothing holds
+a thread or a connection meanwhile), ``done``, ``failed``, ``cancelled``. The last three are
+terminal; a cancelled run is never resumed.
 """
 
 from __future__ import annotations
@@ -27,21 +38,35 @@ from pydantic import BaseModel, Field, ValidationError
 from deployer.errors import StateError
 from deployer.model import NodeInstance
 
-OpStatus = Literal["running", "done", "failed"]
-RunStatus = Literal["running", "done", "failed"]
-DeploymentStatus = Literal["new", "deploying", "deployed", "undeploying", "undeployed", "failed"]
+OpStatus = Literal["running", "waiting", "done", "failed", "cancelled"]
+RunStatus = Literal["running", "waiting", "done", "failed", "cancelled"]
+StepStatus = Literal["running", "waiting", "done", "failed", "skipped", "cancelled"]
+DeploymentStatus = Literal[
+    "new", "deploying", "deployed", "undeploying", "undeployed", "failed", "cancelled"
+]
+TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+ACTIVE_OP_STATUSES: frozenset[str] = frozenset({"running", "waiting"})
 STATE_VERSION = 1
 
 
 class OpRecord(BaseModel):
-    """One operation of one run."""
+    """One operation of one run: what the gateway shows per step (status, times, job/DAG run ids)."""
 
     status: OpStatus = "running"
-    attempts: int = 1
+    attempts: int = Field(default=1, description="How many times the operation was started (not polled).")
     started_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     error: str | None = None
-    memo: dict[str, Any] = Field(default_factory=dict, description="Executor facts for resume (job id).")
+    memo: dict[str, Any] = Field(
+        default_factory=dict, description="Executor facts for resume, poll and cancel (job_id, tag, dag_run_id)."
+    )
+    wake_at: float | None = Field(default=None, description="While waiting: when to poll it again (epoch s).")
+    polls: int = Field(default=0, description="Polls since the last start.")
+    node: str | None = Field(default=None, description="The node whose operation this is.")
+    operation: str | None = Field(default=None, description="Interface.operation.")
+    runs_on: str | None = Field(default=None, description="The node whose host runs it.")
+    step: str | None = Field(default=None, description="The workflow step (or plan node) it belongs to.")
+    outputs: dict[str, Any] = Field(default_factory=dict, description="What it produced (secrets masked).")
 
 
 class RunRecord(BaseModel):
@@ -52,10 +77,25 @@ class RunRecord(BaseModel):
     status: RunStatus = "running"
     inputs: dict[str, Any] = Field(default_factory=dict)
     ops: dict[str, OpRecord] = Field(default_factory=dict)
-    steps: dict[str, str] = Field(default_factory=dict, description="Imperative step -> done/failed/skipped.")
+    steps: dict[str, str] = Field(
+        default_factory=dict,
+        description="Imperative step (or plan node) -> running/waiting/done/failed/skipped/cancelled.",
+    )
     started_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     error: str | None = None
+    wake_at: float | None = Field(default=None, description="While waiting: the earliest time to resume (epoch s).")
+    cancel_requested: bool = Field(default=False, description="Cancel asked; a resume cancels instead of advancing.")
+    calls: int = Field(default=0, description="Engine calls that advanced this run (start and resumes).")
+
+    @property
+    def terminal(self) -> bool:
+        """True when the run is done, failed or cancelled: nothing will change it any more."""
+        return self.status in TERMINAL_RUN_STATUSES
+
+    def ops_of_step(self, step: str) -> dict[str, OpRecord]:
+        """The operations recorded for one step (or plan node), in the order they started."""
+        return {k: v for k, v in self.ops.items() if v.step == step}
 
 
 class DeploymentRecord(BaseModel):
@@ -78,15 +118,52 @@ class DeploymentRecord(BaseModel):
                 return run
         return None
 
+    def run(self, run_id: str) -> RunRecord | None:
+        """The run with this id, or None."""
+        return next((r for r in self.runs if r.id == run_id), None)
+
+    def fork(self, new_id: str, *, keep_runs: bool = False) -> DeploymentRecord:
+        """A copy for a new record id: same template, inputs and node instances, no runs.
+
+        The gateway gives each execution its own record forked from its deployment's: executions
+        of one deployment then run side by side (one lease each), read the deployment's node
+        attributes (installed paths, image files), and tag their jobs with their own id.
+        """
+        copy = self.model_copy(deep=True)
+        copy.id = new_id
+        if not keep_runs:
+            copy.runs = []
+        copy.updated_at = time.time()
+        return copy
+
 
 class StateStore(Protocol):
-    """Where deployment records live. ``save`` is atomic and durable before it returns."""
+    """Where deployment records live.
+
+    The contract a database-backed store (the gateway's) must keep:
+
+    * ``load()`` returns the last record saved (a fresh object: the engine mutates what it gets),
+      or None for a new deployment. The record is plain JSON (``DeploymentRecord.model_dump_json``
+      / ``model_validate_json``): store it in one column; ``record.id``, ``last_run().status`` and
+      ``last_run().wake_at`` are what a scheduler needs to index.
+    * ``save(record)`` replaces the stored record and is durable when it returns (commit the
+      transaction). It is called from the engine's worker threads, one call at a time (the
+      engine serialises saves under its own lock), many times per call: after every transition.
+      It must not depend on the calling thread (open a short transaction per save, or use a
+      connection that is safe to share across threads under that lock).
+    * ``lock()`` gives the engine exclusive use of the record for one call. The folder store
+      takes an flock; the gateway's worker already holds the row's lease, so its ``lock()`` is a
+      no-op context manager. It must not block for long: raise StateError when taken.
+
+    Nothing in the engine assumes a folder: per-run scratch space (ansible-runner data dirs,
+    ssh-agent sockets) lives in temporary directories removed when the call ends.
+    """
 
     def load(self) -> DeploymentRecord | None:
         """The stored record, or None when there is none."""
 
     def save(self, record: DeploymentRecord) -> None:
-        """Replace the stored record (atomically)."""
+        """Replace the stored record (atomically, durably)."""
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive use of this deployment by one deployer (raises StateError if taken)."""
@@ -156,10 +233,10 @@ class FolderStateStore:
 
 
 class MemoryStateStore:
-    """An in-memory store (tests, benches): same contract, no durability."""
+    """An in-memory store (tests, benches, a model for a DB row): same contract, no durability."""
 
-    def __init__(self) -> None:
-        self._data: str | None = None
+    def __init__(self, record: DeploymentRecord | None = None) -> None:
+        self._data: str | None = record.model_dump_json() if record is not None else None
         self.saves = 0
 
     def load(self) -> DeploymentRecord | None:

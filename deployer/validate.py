@@ -489,13 +489,13 @@ def _implementation(
     if artifact_type is None:
         chk.add(f"cannot tell how to run implementation {file!r}: give it a type or a .yml playbook", **where)
         return None
-    executor = executors.lookup(artifact_type)
-    if executor is None:
+    needs_file = executors.needs_file(artifact_type)
+    if needs_file is None:
         supported = ", ".join(executors.supported())
         chk.add(f"no executor for implementation type {artifact_type} (supported: {supported})", **where)
         return None
     path: Path | None = None
-    if file is not None and executor.needs_file:
+    if file is not None and needs_file:
         try:
             path = resolve_inside(
                 base_dir, file, what="implementation", root=root, file=where.get("file"), line=where.get("line")

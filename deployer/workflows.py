@@ -8,6 +8,10 @@ link steps: a step runs once every step linking to it has finished and at least 
 activated it (succeeded for an ``on_success`` link, failed for an ``on_failure`` link); a step
 never activated is skipped. A failure with no ``on_failure`` handler fails the workflow.
 Every activity is recorded in the run, so a resumed run skips what already completed.
+
+A step whose operation waits (non-blocking call) is recorded ``waiting``; the steps it leads to
+wait for it, independent branches go on. A failure recorded by an earlier call of the same run
+stays a failure (only a resumed *failed* run retries its failed and skipped steps).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from deployer.engine import Cancelled, Suspended
 from deployer.errors import DeployerError, InputError, OperationError
 from deployer.functions import Context
 from deployer.model import NodeState, WorkflowDef, WorkflowStep
@@ -53,18 +58,24 @@ class WorkflowRunner:
                 preds[nxt].append((step.name, "done"))
             for nxt in step.on_failure:
                 preds[nxt].append((step.name, "failed"))
-        status = {
-            s: run.steps[self._key(s)] for s in steps if run.steps.get(self._key(s)) in ("done", "failed", "skipped")
-        }
-        errors: list[DeployerError] = []
+        final = ("done",) if self.engine._retry_failed else ("done", "failed", "skipped")
+        status = {s: run.steps[self._key(s)] for s in steps if run.steps.get(self._key(s)) in final}
+        errors: list[DeployerError] = [
+            self.engine.recorded_error(run, self._key(s))
+            for s, value in status.items()
+            if value == "failed" and not steps[s].on_failure
+        ]
+        wakes: list[float] = []
+        suspended: set[str] = set()  # steps waiting: not scheduled again in this call
+        cancelled = False
         running: dict[Future[None], str] = {}
         with ThreadPoolExecutor(max_workers=self.engine.workers, thread_name_prefix="workflow") as pool:
             while True:
-                progressed = True
+                progressed = not cancelled
                 while progressed:
                     progressed = False
                     for name in steps:
-                        if name in status or name in running.values():
+                        if name in status or name in suspended or name in running.values():
                             continue
                         incoming = preds[name]
                         if any(p not in status for p, _ in incoming):
@@ -84,6 +95,12 @@ class WorkflowRunner:
                     if exc is None:
                         status[name] = "done"
                         self._mark(run, name, "done")
+                    elif isinstance(exc, Suspended):
+                        wakes.append(exc.wake_at)
+                        suspended.add(name)
+                        self._mark(run, name, "waiting")
+                    elif isinstance(exc, Cancelled):
+                        cancelled = True
                     elif isinstance(exc, DeployerError):
                         status[name] = "failed"
                         self._mark(run, name, "failed")
@@ -91,6 +108,10 @@ class WorkflowRunner:
                             errors.append(exc)
                     else:
                         raise exc
+        if cancelled:
+            raise Cancelled()
+        if wakes:
+            raise Suspended(min(wakes))
         if errors:
             raise errors[0]
 
@@ -98,12 +119,12 @@ class WorkflowRunner:
         return f"{self.prefix}{self.workflow.name}.{step}"
 
     def _mark(self, run: RunRecord, step: str, value: str) -> None:
-        with self.engine._lock:
-            run.steps[self._key(step)] = value
-            self.engine._commit()
+        self.engine._mark_step(run, self._key(step), value)
 
     def _run_step(self, run: RunRecord, step: WorkflowStep) -> None:
         engine = self.engine
+        if run.steps.get(self._key(step.name)) is None:
+            self._mark(run, step.name, "running")
         for i, activity in enumerate(step.activities):
             kind, arg = next(iter(activity.items()))
             key = f"{self._key(step.name)}#{i}"
@@ -125,6 +146,7 @@ class WorkflowRunner:
                     ctx=Context(node=step.target),
                     extra_inputs=self.inputs,
                     input_overrides=overrides,
+                    step=self._key(step.name),
                 )
             elif kind == "set_state":
                 if engine.record.nodes[step.target].state != NodeState(arg):
