@@ -6,9 +6,10 @@ Each opens the template package, builds the topology, does its work and cleans u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,28 @@ def deployment_id_for(state_dir: str | os.PathLike[str]) -> str:
     """A default deployment id derived from the state folder's name."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(state_dir).resolve().name).strip("-.") or "deployment"
     return name[:64]
+
+
+@contextlib.contextmanager
+def open_engine(
+    source: str | os.PathLike[str],
+    store: StateStore,
+    *,
+    deployment_id: str,
+    inputs: Mapping[str, Any] | None = None,
+    **engine_options: Any,
+) -> Iterator[Engine]:
+    """An :class:`Engine` over any store (the gateway's DB row), the template opened meanwhile.
+
+    The package stays open (a CSAR extracted) for the ``with`` block: playbooks and artifacts
+    are read from it. ``engine_options`` go to :class:`Engine` (workers, credentials, executors,
+    on_event, context, cancel_check). Parsing costs ~0.3 s; a caller that polls often may keep a
+    package folder and its Topology per workflow version and build ``Engine`` directly.
+    """
+    with open_package(source) as package:
+        topology, resolved = load_topology(package, inputs or {})
+        topology.source = str(Path(source).resolve())
+        yield Engine(topology, store, deployment_id=deployment_id, inputs=resolved, **engine_options)
 
 
 def validate_template(
@@ -82,6 +105,7 @@ def _engine_call(
     resume: bool,
     workflow: str | None = None,
     workflow_inputs: Mapping[str, Any] | None = None,
+    blocking: bool = True,
 ) -> tuple[RunRecord, Engine]:
     template = _template_of(store, source)
     with open_package(template) as package:
@@ -97,12 +121,14 @@ def _engine_call(
             on_event=on_event,
         )
         if action == "deploy":
-            run = engine.deploy(resume=resume)
+            run = engine.deploy(resume=resume, blocking=blocking)
         elif action == "undeploy":
-            run = engine.undeploy(resume=resume)
+            run = engine.undeploy(resume=resume, blocking=blocking)
+        elif action == "cancel":
+            run = engine.cancel()
         else:
             assert workflow is not None
-            run = engine.run_workflow(workflow, workflow_inputs, resume=resume)
+            run = engine.run_workflow(workflow, workflow_inputs, resume=resume, blocking=blocking)
     return run, engine
 
 
@@ -116,6 +142,7 @@ def deploy(
     resume: bool = False,
     credentials: CredentialProvider | None = None,
     on_event: EventSink | None = None,
+    blocking: bool = True,
 ) -> Engine:
     """Deploy (or resume deploying) a template, keeping state in ``state_dir``."""
     store = FolderStateStore(state_dir)
@@ -129,6 +156,7 @@ def deploy(
         credentials=credentials,
         on_event=on_event,
         resume=resume,
+        blocking=blocking,
     )
     return engine
 
@@ -143,6 +171,7 @@ def undeploy(
     resume: bool = False,
     credentials: CredentialProvider | None = None,
     on_event: EventSink | None = None,
+    blocking: bool = True,
 ) -> Engine:
     """Undeploy what ``state_dir`` records."""
     store = FolderStateStore(state_dir)
@@ -156,6 +185,7 @@ def undeploy(
         credentials=credentials,
         on_event=on_event,
         resume=resume,
+        blocking=blocking,
     )
     return engine
 
@@ -172,6 +202,7 @@ def run_workflow(
     resume: bool = False,
     credentials: CredentialProvider | None = None,
     on_event: EventSink | None = None,
+    blocking: bool = True,
 ) -> Engine:
     """Run a workflow of a deployment."""
     store = FolderStateStore(state_dir)
@@ -187,8 +218,33 @@ def run_workflow(
         resume=resume,
         workflow=workflow,
         workflow_inputs=workflow_inputs,
+        blocking=blocking,
     )
     return engine
+
+
+def cancel_run(
+    state_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str] | None = None,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    credentials: CredentialProvider | None = None,
+    on_event: EventSink | None = None,
+) -> RunRecord:
+    """Cancel the last run of a deployment: scancel its jobs, cancel its service runs."""
+    store = FolderStateStore(state_dir)
+    run, _ = _engine_call(
+        "cancel",
+        source,
+        store,
+        deployment_id=_recorded_id(store, state_dir),
+        inputs=inputs,
+        workers=1,
+        credentials=credentials,
+        on_event=on_event,
+        resume=False,
+    )
+    return run
 
 
 def _recorded_id(store: StateStore, state_dir: str | os.PathLike[str]) -> str:

@@ -37,6 +37,23 @@ WORKERS = typer.Option(4, "--workers", "-w", min=1, max=64, help="Nodes deployed
 RESUME = typer.Option(False, "--resume", help="Continue an interrupted run without repeating completed work.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Stream operation output.")
 DEP_ID = typer.Option(None, "--id", help="Deployment id (default: the state folder's name).")
+NO_WAIT = typer.Option(
+    False, "--no-wait", help="Return as soon as only batch jobs or service runs are left to wait for; "
+    "continue later with --resume --no-wait (exit code 3 while the run waits)."
+)
+WAITING_EXIT = 3
+
+
+def _waiting(engine: api.Engine) -> None:
+    run = engine.record.last_run()
+    if run is not None and run.status == "waiting":
+        when = max(0.0, (run.wake_at or time.time()) - time.time())
+        out.print(f"[yellow]waiting[/]: run {escape(run.id)} has operations running; check again in {when:.0f} s "
+                  "with --resume --no-wait")
+        raise typer.Exit(WAITING_EXIT)
+    if run is not None and run.status == "failed":
+        err.print(f"[bold red]error[/]: {escape(run.error or 'the run failed')}")
+        raise typer.Exit(1)
 
 
 def _inputs(pairs: list[str], file: Path | None) -> dict[str, Any]:
@@ -84,6 +101,10 @@ class Progress:
                 err.print(f"{t}   ▶ {escape(ev.node or '')} {escape(ev.op or '')}")
             elif ev.kind == "op_done":
                 err.print(f"{t}   [green]✓[/] {escape(ev.node or '')} {escape(ev.op or '')} ({ev.seconds or 0:.1f} s)")
+            elif ev.kind == "op_wait":
+                err.print(f"{t}   [dim]… {escape(ev.node or '')} {escape(ev.op or '')}: {escape(ev.message)}[/]")
+            elif ev.kind == "op_cancelled":
+                err.print(f"{t}   [yellow]⊘ {escape(ev.node or '')} {escape(ev.op or '')} cancelled[/]")
             elif ev.kind == "op_skip":
                 err.print(f"{t}   [dim]↷ {escape(ev.node or '')} {escape(ev.op or '')} already done[/]")
             elif ev.kind == "op_failed":
@@ -146,6 +167,7 @@ def deploy(
     resume: bool = RESUME,
     verbose: bool = VERBOSE,
     deployment_id: str | None = DEP_ID,
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Deploy a template (install workflow); --resume continues an interrupted deploy."""
     try:
@@ -158,10 +180,12 @@ def deploy(
             resume=resume,
             credentials=api.default_credentials(),
             on_event=Progress(verbose),
+            blocking=not no_wait,
         )
     except HpcwaasError as exc:
         _fail(exc)
         return
+    _waiting(engine)
     out.print(f"[green]deployed[/] {engine.deployment_id}: {engine.ops_run} operations run")
 
 
@@ -174,6 +198,7 @@ def undeploy(
     workers: int = WORKERS,
     resume: bool = RESUME,
     verbose: bool = VERBOSE,
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Undeploy (uninstall workflow), dependants first."""
     try:
@@ -185,10 +210,12 @@ def undeploy(
             resume=resume,
             credentials=api.default_credentials(),
             on_event=Progress(verbose),
+            blocking=not no_wait,
         )
     except HpcwaasError as exc:
         _fail(exc)
         return
+    _waiting(engine)
     out.print(f"[green]undeployed[/] {engine.deployment_id}")
 
 
@@ -222,6 +249,7 @@ def run(
     workers: int = WORKERS,
     resume: bool = RESUME,
     verbose: bool = VERBOSE,
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Run a workflow of a deployment with its own inputs."""
     try:
@@ -235,11 +263,30 @@ def run(
             resume=resume,
             credentials=api.default_credentials(),
             on_event=Progress(verbose),
+            blocking=not no_wait,
         )
     except HpcwaasError as exc:
         _fail(exc)
         return
+    _waiting(engine)
     out.print(f"[green]workflow {escape(workflow)} done[/] ({engine.ops_run} operations run)")
+
+
+@app.command()
+def cancel(
+    state: Path = STATE,
+    template: str | None = typer.Option(None, "--template", "-t"),
+    input: list[str] = INPUT,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Cancel the deployment's last run: scancel its batch jobs, cancel its pipeline runs."""
+    try:
+        run = api.cancel_run(state, template, inputs=_inputs(input, None), credentials=api.default_credentials(),
+                             on_event=Progress(verbose))
+    except HpcwaasError as exc:
+        _fail(exc)
+        return
+    out.print(f"run {escape(run.id)} ({escape(run.workflow)}): {run.status}")
 
 
 def main() -> None:

@@ -112,6 +112,9 @@ class SlurmJobExecutor:
             job_id = found[-1]
             hooks.log(f"found job {job_id} already submitted with tag {tag}")
         else:
+            if spec.chdir:
+                # Slurm cannot open the job's output in a missing folder (the job would fail at once).
+                slurm.session.run(["mkdir", "-p", "--", spec.chdir], check=True, timeout=60)
             job_id = slurm.submit(spec)
             hooks.log(f"submitted job {job_id} (tag {tag})")
         hooks.remember({"job_id": job_id, "tag": tag})  # saved before anything else can fail

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hpcwaas.stack.info import SiteInfo, VaultInfo
+
 HEADER = "tosca_definitions_version: tosca_simple_yaml_1_3\n"
+USER = "sciuser1"
 
 MARKER_PLAYBOOK = """\
 - hosts: all
@@ -81,3 +87,26 @@ def marker_project(tmp_path: Path):
         return tpl, marker
 
     return make
+
+
+@pytest.fixture(scope="module")
+def credential(site: SiteInfo, vault_info: VaultInfo) -> Iterator[dict[str, Any]]:
+    """A fresh key pair: private half in Vault, public half authorised for the site user."""
+    from deployer.credentials import VaultCredentialProvider
+    from hpcwaas.ssh import generate_keypair
+    from hpcwaas.stack.site_users import authorize_key
+    from hpcwaas.vault import Vault
+
+    vault = Vault(vault_info.addr, vault_info.gateway_token(), mount=vault_info.mount)
+    key_id = f"k{uuid.uuid4().hex[:8]}"
+    pair = generate_keypair()
+    vault.put_ssh_key("deployer-tests", key_id, pair.private_key)
+    authorize_key(USER, pair.public.line)
+    yield {
+        "ref": f"deployer-tests/{key_id}",
+        "provider": VaultCredentialProvider(vault),
+        "private_key": pair.private_key,
+        "env": {"HPCWAAS_VAULT_ADDR": vault_info.addr, "HPCWAAS_VAULT_TOKEN_FILE": str(vault_info.gateway_token_file),
+                "HPCWAAS_VAULT_MOUNT": vault_info.mount},
+    }
+    vault.delete_ssh_key("deployer-tests", key_id)

@@ -8,45 +8,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deployer import api
-from deployer.credentials import VaultCredentialProvider
 from deployer.model import NodeState
 from hpcwaas.slurm import Slurm
-from hpcwaas.ssh import SiteEndpoint, connect, generate_keypair
-from hpcwaas.stack.info import SiteInfo, VaultInfo
-from hpcwaas.vault import Vault
-from tests.deployer.conftest import write
+from hpcwaas.ssh import SiteEndpoint, connect
+from hpcwaas.stack.info import SiteInfo
+from tests.deployer.conftest import USER, write
 from tests.deployer.test_crash_resume import ROOT, cli, kill_group, read_state, wait_for
 from tosca import EXAMPLES_DIR
 
 pytestmark = [pytest.mark.site, pytest.mark.vault, pytest.mark.slow]
-USER = "sciuser1"
-
-
-@pytest.fixture(scope="module")
-def credential(site: SiteInfo, vault_info: VaultInfo) -> Iterator[dict[str, Any]]:
-    """A fresh key pair: private half in Vault, public half authorised for the site user."""
-    from hpcwaas.stack.site_users import authorize_key
-
-    vault = Vault(vault_info.addr, vault_info.gateway_token(), mount=vault_info.mount)
-    key_id = f"k{uuid.uuid4().hex[:8]}"
-    pair = generate_keypair()
-    vault.put_ssh_key("deployer-tests", key_id, pair.private_key)
-    authorize_key(USER, pair.public.line)
-    yield {
-        "ref": f"deployer-tests/{key_id}",
-        "provider": VaultCredentialProvider(vault),
-        "private_key": pair.private_key,
-        "env": {"HPCWAAS_VAULT_ADDR": vault_info.addr, "HPCWAAS_VAULT_TOKEN_FILE": str(vault_info.gateway_token_file),
-                "HPCWAAS_VAULT_MOUNT": vault_info.mount},
-    }
-    vault.delete_ssh_key("deployer-tests", key_id)
 
 
 def site_inputs(site: SiteInfo, credential: dict[str, Any], work_dir: str) -> dict[str, Any]:
