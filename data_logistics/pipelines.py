@@ -30,9 +30,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_logistics import transfer
+from data_logistics import openssh, transfer
 from data_logistics.credentials import SiteRef, burn, unwrap_private_key
 from data_logistics.errors import DatasetUnresolved, InvalidTransfer
+from data_logistics.openssh import OpenSSHLink
 from data_logistics.transfer import Destination, LocalDestination, ProgressFn, SiteDestination, TransferResult
 from hpcwaas.ssh import SSHSession, connect
 
@@ -156,8 +157,11 @@ def parse_conf(pipeline: str, raw: dict[str, Any]) -> RunConf:
 
 
 @contextlib.contextmanager
-def _sessions(refs: list[SiteRef], timeout: float) -> Iterator[list[SSHSession]]:
-    """Spend every token first, then connect to each site (host keys pinned)."""
+def _sessions(refs: list[SiteRef], timeout: float) -> Iterator[list[tuple[SSHSession, OpenSSHLink | None]]]:
+    """Spend every token first, then connect to each site (host keys pinned).
+
+    Each site gets a paramiko session (commands) and, when OpenSSH is installed, an OpenSSH link
+    for the bulk stream (its key in a private agent)."""
     keys: list[str | None] = []
     failure: Exception | None = None
     for ref in refs:  # all tokens are spent even if one of them fails
@@ -173,7 +177,9 @@ def _sessions(refs: list[SiteRef], timeout: float) -> Iterator[list[SSHSession]]
         sessions = []
         for ref, key in zip(refs, keys, strict=True):
             assert key is not None
-            sessions.append(stack.enter_context(connect(ref.endpoint, ref.login, key, timeout=timeout)))
+            session = stack.enter_context(connect(ref.endpoint, ref.login, key, timeout=timeout))
+            link = stack.enter_context(OpenSSHLink(ref.endpoint, ref.login, key)) if openssh.available() else None
+            sessions.append((session, link))
             log.info("connected to site %s (%s) as %s with key %s", ref.site, ref.endpoint.label, ref.login,
                      ref.key_id)
         keys.clear()
@@ -204,7 +210,7 @@ def execute(
     return _result(conf, result, began)
 
 
-def _open_source(conf: RunConf, sessions: dict[int, SSHSession], storage_root: Path
+def _open_source(conf: RunConf, sessions: dict[int, tuple[SSHSession, OpenSSHLink | None]], storage_root: Path
                  ) -> transfer.FileSource | transfer.TreeSource:
     src = conf.source
     if isinstance(src, HttpSource):
@@ -212,13 +218,16 @@ def _open_source(conf: RunConf, sessions: dict[int, SSHSession], storage_root: P
     if isinstance(src, LocalSource):
         return transfer.local_source(storage_root, src.path, src.sha256)
     assert isinstance(src, SiteSource)
-    return transfer.site_source(sessions[id(src.site)], src.site.work_dir, src.path, src.sha256)
+    session, link = sessions[id(src.site)]
+    return transfer.site_source(session, src.site.work_dir, src.path, src.sha256, link=link)
 
 
-def _open_target(conf: RunConf, sessions: dict[int, SSHSession], storage_root: Path) -> tuple[Destination, str]:
+def _open_target(conf: RunConf, sessions: dict[int, tuple[SSHSession, OpenSSHLink | None]], storage_root: Path
+                 ) -> tuple[Destination, str]:
     target = conf.target
     if isinstance(target, SiteTarget):
-        return SiteDestination(sessions[id(target.site)], target.site.work_dir), target.path
+        session, link = sessions[id(target.site)]
+        return SiteDestination(session, target.site.work_dir, link), target.path
     storage_root.mkdir(parents=True, exist_ok=True)
     return LocalDestination(storage_root), target.path
 

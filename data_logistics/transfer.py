@@ -27,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -46,8 +48,8 @@ from data_logistics.errors import (
     InvalidTransfer,
     PathOutsideWorkDir,
     SourceUnavailable,
-    StagingError,
 )
+from data_logistics.openssh import OpenSSHLink
 from hpcwaas.errors import RemoteCommandFailed, SSHError
 from hpcwaas.ssh import SSHSession
 
@@ -208,8 +210,10 @@ class HttpFile(FileSource):
 class SiteFile(FileSource):
     """A file on a site, streamed with ``tail -c +N`` over the source session."""
 
-    def __init__(self, session: SSHSession, path: str, declared_sha256: str | None = None) -> None:
+    def __init__(self, session: SSHSession, path: str, declared_sha256: str | None = None,
+                 link: OpenSSHLink | None = None) -> None:
         self.session = session
+        self.link = link
         self.path = path
         self.label = f"{session.endpoint.label}:{path}"
         self.declared_sha256 = check_sha256(declared_sha256)
@@ -220,13 +224,67 @@ class SiteFile(FileSource):
 
     @contextlib.contextmanager
     def open(self, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
-        with remote.popen(self.session, ["tail", "-c", f"+{offset + 1}", "--", self.path]) as proc:
+        argv = ["tail", "-c", f"+{offset + 1}", "--", self.path]
+        if self.link is not None:
+            with _local_reader(self.link, argv, b"", "reading the source file") as chunks:
+                yield offset, chunks
+            return
+        with remote.popen(self.session, argv) as proc:
             proc.close_stdin()
             yield offset, proc.chunks()
             proc.check("reading the source file")
 
     def sha256_at_rest(self) -> str:
         return remote_sha256(self.session, self.path)
+
+
+@contextlib.contextmanager
+def _local_reader(link: OpenSSHLink, argv: list[str], stdin: bytes, what: str) -> Iterator[Iterator[bytes]]:
+    """Chunks of a site command's stdout through the OpenSSH client."""
+    proc = link.popen(argv)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+        out = proc.stdout
+        yield iter(lambda: out.read(CHUNK), b"")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.stdout.read()
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise RemoteCommandFailed(f"{what} failed on the site (exit {proc.returncode}): "
+                                  f"{err.decode(errors='replace').strip()[-1000:]}", exit_code=proc.returncode)
+
+
+class _BackgroundHash:
+    """sha256 in a thread: hashlib releases the GIL, so hashing overlaps with the pipe writes."""
+
+    _END = b""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is self._END:
+                return
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if chunk:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.put(self._END)
+        self._thread.join()
+        return self._digest.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -237,9 +295,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# openssl uses the CPU's SHA extensions; coreutils' sha256sum (Debian 12) is ~5x slower.
+_SHA256 = 'if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r < "$1"; else sha256sum < "$1"; fi'
+
+
 def remote_sha256(session: SSHSession, path: str) -> str:
-    out = remote.run_checked(session, ["sha256sum", "--", path], "sha256sum", timeout=3600)
-    return out.split()[0].lstrip("\\")
+    out = remote.run_checked(session, remote.sh(_SHA256, path), "hashing the file", timeout=3600)
+    digest = out.split()[0].lstrip("\\") if out.split() else ""
+    if len(digest) != 64:
+        raise RemoteCommandFailed(f"unexpected hash output on the site: {out[:200]!r}")
+    return digest
 
 
 # ------------------------------------------------------------------------------------------
@@ -349,8 +414,9 @@ class LocalTree(TreeSource):
 class SiteTree(TreeSource):
     """A directory on a site: listed with ``find``, hashed with ``sha256sum``, sent with ``tar -c``."""
 
-    def __init__(self, session: SSHSession, root: str) -> None:
+    def __init__(self, session: SSHSession, root: str, link: OpenSSHLink | None = None) -> None:
         self.session = session
+        self.link = link
         self.root = root
         self.label = f"{session.endpoint.label}:{root}"
 
@@ -371,12 +437,19 @@ class SiteTree(TreeSource):
     def send_tar(self, files: list[TreeFile], sink: Callable[[bytes], None],
                  on_file: Callable[[TreeFile, str | None], None]) -> None:
         sizes = {f.rel: f for f in files}
-        with remote.popen(self.session, ["tar", "-c", "-f", "-", "-C", self.root, "--null", "-T", "-"]) as proc:
-            proc.write(b"".join(f.rel.encode() + b"\0" for f in files))
-            proc.close_stdin()
-            for chunk in proc.chunks():
-                sink(chunk)
-            proc.check("tar on the source site")
+        argv = ["tar", "-c", "-f", "-", "-C", self.root, "--null", "-T", "-"]
+        names = b"".join(f.rel.encode() + b"\0" for f in files)
+        if self.link is not None:
+            with _local_reader(self.link, argv, names, "tar on the source site") as chunks:
+                for chunk in chunks:
+                    sink(chunk)
+        else:
+            with remote.popen(self.session, argv) as proc:
+                proc.write(names)
+                proc.close_stdin()
+                for chunk in proc.chunks():
+                    sink(chunk)
+                proc.check("tar on the source site")
         for item in sizes.values():
             on_file(item, None)
 
@@ -434,7 +507,8 @@ class Writer(ABC):
     def write(self, data: bytes) -> None: ...
 
     @abstractmethod
-    def finish(self) -> None: ...
+    def finish(self) -> str:
+        """Close the stream and wait; the command's output (a sha256sum line for new files)."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -484,10 +558,12 @@ class _RemoteWriter(Writer):
     def write(self, data: bytes) -> None:
         self._proc.write(data)
 
-    def finish(self) -> None:
+    def finish(self) -> str:
         try:
             self._proc.close_stdin()
+            out = b"".join(self._proc.chunks())
             self._proc.check(self._what)
+            return out.decode(errors="replace")
         finally:
             self._cm.__exit__(None, None, None)
 
@@ -513,8 +589,9 @@ _STATE = (
 class SiteDestination(Destination):
     """A site user's work directory, reached over an open, host-key-verified session."""
 
-    def __init__(self, session: SSHSession, work_dir: str) -> None:
+    def __init__(self, session: SSHSession, work_dir: str, link: OpenSSHLink | None = None) -> None:
         self.session = session
+        self.link = link
         self.work_dir = work_dir
         self.label = f"{session.endpoint.label}:{work_dir}"
 
@@ -525,14 +602,20 @@ class SiteDestination(Destination):
                                  "checking the destination").split()
         return TargetState(target.path, part, out[0] == "exists", int(out[1]))
 
+    def _writer(self, argv: list[str], what: str) -> Writer:
+        if self.link is not None:
+            return _LocalProcessWriter(None, what, self.link.popen(argv))
+        return _RemoteWriter(self.session, argv, what)
+
     def file_writer(self, part: str, offset: int) -> Writer:
-        # truncate drops whatever lies beyond the resume point; cat appends from there.
+        # truncate drops whatever lies beyond the resume point; cat appends from there. (Hashing
+        # in the stream with tee halved the throughput on 2 cores; the file is hashed at rest after.)
         argv = remote.sh('truncate -s "$1" -- "$2" && exec cat >> "$2"', str(offset), part)
-        return _RemoteWriter(self.session, argv, "writing the file")
+        return self._writer(argv, "writing the file")
 
     def tar_writer(self, part_dir: str) -> Writer:
         argv = remote.sh('mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner', part_dir)
-        return _RemoteWriter(self.session, argv, "unpacking the tar stream")
+        return self._writer(argv, "unpacking the tar stream")
 
     def sha256(self, path: str) -> str:
         return remote_sha256(self.session, path)
@@ -565,24 +648,33 @@ class SiteDestination(Destination):
 
 
 class _LocalProcessWriter(Writer):
-    def __init__(self, argv: list[str], what: str) -> None:
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    """Writes into a local process: ``tar -x`` for local storage, or ``ssh`` (OpenSSH link) to a site."""
+
+    def __init__(self, argv: list[str] | None, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+        if proc is None:
+            assert argv is not None
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._proc = proc
         self._what = what
 
     def write(self, data: bytes) -> None:
         assert self._proc.stdin is not None
         self._proc.stdin.write(data)
 
-    def finish(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
-        err = self._proc.stderr.read() if self._proc.stderr else b""
-        if self._proc.wait() != 0:
-            raise StagingError(f"{self._what} failed: {err.decode(errors='replace')[-500:]}")
+    def finish(self) -> str:
+        out, err = self._proc.communicate(timeout=3600)
+        if self._proc.returncode != 0:
+            raise RemoteCommandFailed(f"{self._what} failed (exit {self._proc.returncode}): "
+                                      f"{err.decode(errors='replace').strip()[-500:]}", exit_code=self._proc.returncode)
+        return out.decode(errors="replace")
 
     def abort(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
+        # As for the paramiko writer: let the far side finish what it received before a resume.
+        try:
+            self._proc.communicate(timeout=30)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
 
 
 class _LocalFileWriter(Writer):
@@ -595,10 +687,11 @@ class _LocalFileWriter(Writer):
     def write(self, data: bytes) -> None:
         self._fh.write(data)
 
-    def finish(self) -> None:
+    def finish(self) -> str:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        return ""
 
     def abort(self) -> None:
         self._fh.close()
@@ -723,8 +816,9 @@ def copy_file(
     if offset and not can_rehash:
         offset = 0
     report.phase("transferring")
-    streamed = hashlib.sha256()
+    streamed = _BackgroundHash()
     resumed_from: int | None = None
+    written_hash = ""
     attempt = 0
     while True:
         writer = destination.file_writer(state.part, offset)
@@ -732,7 +826,8 @@ def copy_file(
             with source.open(offset) as (honoured, chunks):
                 if honoured != offset:  # the server ignored Range: start over
                     writer.abort()
-                    offset, resumed_from, streamed = 0, 0, hashlib.sha256()
+                    streamed.hexdigest()
+                    offset, resumed_from, streamed = 0, 0, _BackgroundHash()
                     writer = destination.file_writer(state.part, 0)
                 if resumed_from is None:
                     resumed_from = offset
@@ -743,7 +838,7 @@ def copy_file(
                         streamed.update(chunk)
                     offset += len(chunk)
                     report.add(len(chunk))
-            writer.finish()
+            written_hash = writer.finish().split(" ", 1)[0].strip() if attempt == 0 else ""
             break
         except SourceUnavailable:
             # A dropped download resumes from what has been written, a few times.
@@ -755,9 +850,11 @@ def copy_file(
             time.sleep(min(2**attempt, 10))
         except BaseException:
             writer.abort()
+            streamed.hexdigest()  # stop the hashing thread
             raise
     report.phase("verifying")
-    at_destination = destination.sha256(state.part)
+    # A destination writer may report the hash of what it wrote; otherwise the file is read at rest.
+    at_destination = written_hash if resumed_from == 0 and len(written_hash) == 64 else destination.sha256(state.part)
     if resumed_from == 0:
         at_source = streamed.hexdigest()
     else:
@@ -878,19 +975,19 @@ def site_is_dir(session: SSHSession, path: str) -> bool:
     return result.exit_code == 0
 
 
-def site_source(session: SSHSession, work_dir: str, path: str, declared_sha256: str | None = None
-                ) -> FileSource | TreeSource:
+def site_source(session: SSHSession, work_dir: str, path: str, declared_sha256: str | None = None,
+                link: OpenSSHLink | None = None) -> FileSource | TreeSource:
     """A file or directory inside the work directory of a site, as a source."""
     resolved = remote.resolve_in(session, work_dir, path, field="source path")
     try:
         if site_is_dir(session, resolved.path):
-            return SiteTree(session, resolved.path)
+            return SiteTree(session, resolved.path, link)
     except (SSHError, RemoteCommandFailed) as exc:
         raise SourceUnavailable(f"cannot read {resolved.path} on the site: {exc}") from exc
     exists = session.run(["test", "-f", resolved.path], timeout=60).exit_code == 0
     if not exists:
         raise SourceUnavailable(f"{resolved.path} does not exist on the site", path=resolved.path)
-    return SiteFile(session, resolved.path, declared_sha256)
+    return SiteFile(session, resolved.path, declared_sha256, link)
 
 
 def local_source(root: Path, path: str, declared_sha256: str | None = None) -> FileSource | TreeSource:

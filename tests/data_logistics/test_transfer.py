@@ -11,6 +11,7 @@ import pytest
 
 from data_logistics import transfer
 from data_logistics.errors import ChecksumMismatch, DestinationExists, PathOutsideWorkDir, SourceUnavailable
+from data_logistics.openssh import OpenSSHLink
 from data_logistics.transfer import (
     HttpFile,
     LocalDestination,
@@ -254,3 +255,49 @@ def test_http_download_resumes_with_range(tmp_path: Path, session: SSHSession, w
     assert result.resumed_from > 0 and result.sha256 == digest
     with pytest.raises(SourceUnavailable, match="404"):
         copy_file(HttpFile(f"{base}/missing.sif"), dest, "images/none.sif")
+
+
+# The bulk path through the OpenSSH client (what the pipelines use when OpenSSH is installed).
+
+
+@pytest.fixture
+def link(site, site_key) -> Iterator[OpenSSHLink]:  # type: ignore[no-untyped-def]
+    from hpcwaas.ssh import SiteEndpoint
+
+    with OpenSSHLink(SiteEndpoint(site.host, site.port, site.host_key), "sciuser1", site_key.pair.private_key) as lk:
+        yield lk
+
+
+def test_openssh_link_streams_files_and_trees_with_the_same_guarantees(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink) -> None:
+    digest = make_file(tmp_path / "big.bin", 32 * MiB, seed=21)
+    expected = make_tree(tmp_path / "tree", 500)
+    dest = SiteDestination(session, work_dir, link)
+    assert copy_file(LocalFile(tmp_path / "big.bin"), dest, "big.bin").sha256 == digest
+    assert _remote_sha(session, f"{work_dir}/big.bin") == digest
+    assert copy_tree(LocalTree(tmp_path / "tree"), dest, "tree").files == 500
+    assert transfer.remote_manifest(session, f"{work_dir}/tree") == expected
+    # Reading back through the link (stage-out, site-to-site).
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    out = transfer.copy(transfer.site_source(session, work_dir, "big.bin", link=link), LocalDestination(storage), "b")
+    assert out.sha256 == digest
+    out = transfer.copy(transfer.site_source(session, work_dir, "tree", link=link), LocalDestination(storage), "t")
+    assert transfer.local_manifest(storage / "t") == expected
+    # Interrupted, then resumed, through the link.
+    with pytest.raises(ConnectionResetError):
+        copy_file(_Dropping(tmp_path / "big.bin", 8 * MiB), dest, "again.bin")
+    again = copy_file(LocalFile(tmp_path / "big.bin"), dest, "again.bin")
+    assert again.resumed_from >= 8 * MiB and again.sha256 == digest
+
+
+def test_openssh_link_refuses_a_wrong_host_key(site, site_key, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from hpcwaas.errors import RemoteCommandFailed
+    from hpcwaas.ssh import SiteEndpoint, generate_keypair
+
+    other = generate_keypair().public.line
+    with OpenSSHLink(SiteEndpoint(site.host, site.port, other), "sciuser1", site_key.pair.private_key) as lk:
+        writer = transfer._LocalProcessWriter(None, "writing", lk.popen(["cat"]))
+        with pytest.raises(RemoteCommandFailed):
+            writer.finish()
+    assert not list(Path(lk._dir).parent.glob(lk._dir.name))  # agent directory removed

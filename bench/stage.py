@@ -1,0 +1,177 @@
+"""Stage-in benchmark: the transfer engine against scp and tar|ssh, in the same run, on the local stack.
+
+    .venv/bin/python bench/stage.py [--size-mib 1024] [--files 10000] [--airflow-runs 3]
+
+1. one big file (1 GiB of random bytes) to the site: engine (streamed through the OpenSSH client with
+   the key in a private agent, as the pipelines do; sha256 at both ends; atomic rename)
+   vs ``scp`` vs ``cat | ssh 'cat > f'``; throughput measured from the first byte;
+2. 10,000 files of 4 KiB: engine (one tar stream, per-file sha256 verified) vs ``scp -r`` vs
+   ``tar -c | ssh tar -x``;
+3. trigger-to-first-byte latency of a real ``stage_in`` DAG run through Airflow's REST API.
+
+Prints a table and the ratios (engine / reference; > 1 means the engine is faster). The key used by
+scp/ssh is written to a 0600 temporary file for the reference tools only, and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from data_logistics import transfer
+from data_logistics.client import AirflowClient
+from data_logistics.openssh import OpenSSHLink
+from hpcwaas.ssh import SiteEndpoint, connect, generate_keypair
+from hpcwaas.stack.info import load_stack_info
+from hpcwaas.stack.site_users import authorize_key, revoke_key
+from hpcwaas.vault import Vault
+
+MiB = 1024 * 1024
+
+
+def make_big(path: Path, size: int) -> None:
+    block = os.urandom(4 * MiB)
+    with path.open("wb") as fh:
+        left = size
+        while left > 0:
+            fh.write(block[: min(left, len(block))])
+            left -= len(block)
+
+
+def make_small(root: Path, count: int, size: int = 4096) -> None:
+    for i in range(count):
+        d = root / f"d{i % 100:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.dat").write_bytes(os.urandom(size))
+
+
+def timed(argv: list[str] | str, shell: bool = False) -> float:
+    began = time.monotonic()
+    subprocess.run(argv, shell=shell, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--airflow-runs", type=int, default=3)
+    args = parser.parse_args()
+
+    info = load_stack_info()
+    assert info.site is not None
+    site = info.site
+    endpoint = SiteEndpoint(site.host, site.port, site.host_key)
+    pair = generate_keypair()
+    authorize_key("sciuser1", pair.public.line)
+    work = f"/home/sciuser1/bench-stage-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="hpcwaas-bench-"))
+    keyfile, known = tmp / "id", tmp / "known_hosts"
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, pair.private_key.encode())
+    os.close(fd)
+    known.write_text(site.known_hosts_line() + "\n")
+    ssh_opts = ["-i", str(keyfile), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes"]
+    remote = f"sciuser1@{site.host}"
+    ssh = ["ssh", "-p", str(site.port), *ssh_opts, remote]
+    scp = ["scp", "-q", "-P", str(site.port), *ssh_opts]
+    rows: list[tuple[str, str, float, float]] = []
+    try:
+        with connect(endpoint, "sciuser1", pair.private_key) as session:
+            session.run(["mkdir", "-p", work], check=True)
+            stack_link = OpenSSHLink(endpoint, "sciuser1", pair.private_key)
+            dest = transfer.SiteDestination(session, work, stack_link)
+
+            # 1. the big file ----------------------------------------------------------------
+            size = args.size_mib * MiB
+            big = tmp / "big.bin"
+            make_big(big, size)
+            subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+            t_scp = timed([*scp, str(big), f"{remote}:{work}/scp.bin"])
+            t_pipe = timed(f"cat {big} | {' '.join(ssh)} 'cat > {work}/pipe.bin'", shell=True)
+            began = time.time()
+            result = transfer.copy_file(transfer.LocalFile(big), dest, "engine.bin")
+            ended = time.time()
+            assert result.first_byte_at is not None
+            t_engine = ended - result.first_byte_at
+            rows += [("1 file", "scp", t_scp, size / t_scp), ("1 file", "cat | ssh", t_pipe, size / t_pipe),
+                     ("1 file", "engine (verified)", t_engine, size / t_engine)]
+            startup = result.first_byte_at - began
+            big.unlink()
+            session.run(["rm", "-f", f"{work}/scp.bin", f"{work}/pipe.bin", f"{work}/engine.bin"], check=True)
+
+            # 2. many small files -------------------------------------------------------------
+            small = tmp / "small"
+            make_small(small, args.files)
+            total = args.files * 4096
+            t_scpr = timed([*scp, "-r", str(small), f"{remote}:{work}/scp-r"])
+            t_tar = timed(f"tar -C {small} -cf - . | {' '.join(ssh)} 'mkdir -p {work}/tar && tar -C {work}/tar -xf -'",
+                          shell=True)
+            began = time.monotonic()
+            tree = transfer.copy_tree(transfer.LocalTree(small), dest, "engine-tree")
+            t_tree = time.monotonic() - began
+            assert tree.files == args.files
+            stack_link.close()
+            rows += [(f"{args.files} files", "scp -r", t_scpr, total / t_scpr),
+                     (f"{args.files} files", "tar | ssh", t_tar, total / t_tar),
+                     (f"{args.files} files", "engine (tar, verified)", t_tree, total / t_tree)]
+
+        # 3. trigger-to-first-byte through Airflow --------------------------------------------
+        latencies: list[tuple[float, float]] = []
+        if args.airflow_runs and info.airflow is not None:
+            vault_info = info.vault("dev")
+            vault = Vault(vault_info.addr, vault_info.gateway_token(), mount=vault_info.mount)
+            key_id = uuid.uuid4().hex
+            vault.put_ssh_key("bench", key_id, pair.private_key)
+            storage = info.airflow.storage_root / "bench"
+            storage.mkdir(parents=True, exist_ok=True)
+            make_big(storage / "one-mib.bin", MiB)
+            client = AirflowClient(info.airflow.url, info.airflow.username, info.airflow.password())
+            try:
+                for i in range(args.airflow_runs):
+                    ref = {"site": "local", "host": site.host, "port": site.port, "host_key": site.host_key,
+                           "login": "sciuser1", "work_dir": work, "key_id": key_id, "vault_addr": vault.addr,
+                           "wrap_token": vault.wrap(Vault.ssh_key_path("bench", key_id), "300s")}
+                    conf = {"requested_by": "bench", "source": {"kind": "local", "path": "bench/one-mib.bin"},
+                            "target": {"kind": "site", "site": ref, "path": f"airflow-{i}.bin"}}
+                    t0 = time.time()
+                    run = client.trigger("stage_in", conf)
+                    status = client.wait("stage_in", run["dag_run_id"], timeout=300, poll=0.5)
+                    t1 = time.time()
+                    assert status.state == "success", status.error
+                    latencies.append((status.result["first_byte_at"] - t0, t1 - t0))
+            finally:
+                vault.delete_ssh_key("bench", key_id)
+                shutil.rmtree(storage, ignore_errors=True)
+    finally:
+        with connect(endpoint, "sciuser1", pair.private_key) as session:
+            session.run(["rm", "-rf", work], timeout=600)
+        revoke_key("sciuser1", pair.public.line)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{'case':<14} {'method':<24} {'seconds':>8} {'MiB/s':>8}")
+    for case, method, seconds, rate in rows:
+        print(f"{case:<14} {method:<24} {seconds:8.2f} {rate / MiB:8.1f}")
+    by = {(c, m): r for c, m, _, r in rows}
+    big_case, small_case = "1 file", f"{args.files} files"
+    print(f"\nbig file, engine / scp        : {by[(big_case, 'engine (verified)')] / by[(big_case, 'scp')]:.2f}x"
+          "  (target >= 0.9x)")
+    print(f"big file, engine / cat|ssh    : {by[(big_case, 'engine (verified)')] / by[(big_case, 'cat | ssh')]:.2f}x")
+    print(f"small files, engine / scp -r  : "
+          f"{by[(small_case, 'engine (tar, verified)')] / by[(small_case, 'scp -r')]:.2f}x  (target >= 1x)")
+    print(f"small files, engine / tar|ssh : "
+          f"{by[(small_case, 'engine (tar, verified)')] / by[(small_case, 'tar | ssh')]:.2f}x")
+    print(f"engine start-up before the first byte (connect excluded): {startup:.2f} s")
+    for i, (first, total_s) in enumerate(latencies):
+        print(f"airflow run {i + 1}: trigger -> first byte {first:.2f} s, trigger -> success {total_s:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
