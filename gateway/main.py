@@ -46,8 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = make_session_factory(engine)
         app.state.vault = Vault.from_settings(settings)
         app.state.image_worker = image_service.start_worker(settings, app.state.sessions)
+        app.state.engine_worker = None
+        if settings.engine_in_gateway and settings.engine_workers > 0:
+            from gateway.engine.worker import EngineWorker
+
+            app.state.engine_worker = EngineWorker(app.state.sessions, settings, app.state.vault).start()
         log.info("gateway up: database %s, vault %s", redacted(settings.effective_database_url), settings.vault_addr)
         yield
+        if app.state.engine_worker is not None:
+            app.state.engine_worker.stop()
         app.state.image_worker.stop()
         engine.dispose()
 

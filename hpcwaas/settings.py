@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     )
     registry_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest workflow bundle.")
 
+    # The execution engine (threads in the gateway, or `waas worker` processes).
+    engine_in_gateway: bool = Field(default=True, description="Run engine workers inside the gateway process.")
+    engine_workers: int = Field(default=4, ge=0, le=64, description="Records advanced at once per process.")
+    engine_operation_workers: int = Field(default=4, ge=1, le=64, description="Parallel operations per record.")
+    engine_lease_seconds: float = Field(default=60.0, ge=5.0, description="A dead worker's records wait this long.")
+    engine_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for work.")
+
     # The local stack (development, tests, demo).
     stack_dir: Path = DEFAULT_STACK_DIR
 

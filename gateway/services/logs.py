@@ -16,22 +16,24 @@ from gateway.services.runs import log_page
 _POLL = 0.25
 
 
-def page(db: Session, subject_id: str, after: int, wait: float, finished: Callable[[], bool]) -> LogPage:
-    """Lines after ``after``; with ``wait`` > 0, wait up to that long for the first new line."""
+def page(db: Session, subject_id: str, after: int, wait: float, finished: Callable[[], bool],
+         limit: int = 500) -> LogPage:
+    """Lines after ``after``; with ``wait`` > 0, wait up to that long for the first new line.
+
+    ``finished`` in the page means no line will follow the ones returned: the subject had ended
+    before they were read (checked first, so a last line cannot slip in between) and fewer than
+    ``limit`` came back.
+    """
     deadline = time.monotonic() + wait
     while True:
-        lines = log_page(db, subject_id, after)
         done = finished()
+        lines = log_page(db, subject_id, after, limit)
         if lines or done or time.monotonic() >= deadline:
             break
         db.rollback()  # end the read transaction so the next query sees new rows
         time.sleep(_POLL)
-    return _page(lines, after, done and not lines)
-
-
-def _page(lines: list[LogLine], after: int, finished: bool) -> LogPage:
     return LogPage(lines=[LogLineOut.model_validate(line) for line in lines],
-                   next_seq=lines[-1].seq if lines else after, finished=finished)
+                   next_seq=lines[-1].seq if lines else after, finished=done and len(lines) < limit)
 
 
 async def events(sessions: sessionmaker[Session], subject_id: str, after: int,

@@ -35,7 +35,7 @@ from gateway.services import ssh_keys as key_service
 from gateway.services import workflows as workflow_service
 
 # Topology inputs the gateway binds from the chosen site and SSH key; callers may not set them.
-DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir")
+DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir", "software_dir")
 RUN_BINDINGS = ("run_username", "run_credential", "run_work_dir")
 RESERVED = frozenset(DEPLOY_BINDINGS + RUN_BINDINGS)
 

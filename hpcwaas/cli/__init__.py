@@ -54,6 +54,7 @@ app.add_typer(workflows.workflows, name="workflows")
 app.add_typer(workflows.deployments, name="deployments")
 app.add_typer(workflows.executions, name="executions")
 app.command("run")(workflows.run)
+app.command("worker")(admin.worker)
 
 # Component CLIs, mounted when their package (and its extra) is installed.
 for module_name, attr, name, help_text in (

@@ -74,3 +74,27 @@ def bootstrap(
             f"{d['token']}"
         ),
     )
+
+
+@app.command()
+def worker(threads: int = typer.Option(None, help="Records advanced at once (HPCWAAS_ENGINE_WORKERS).")) -> None:
+    """Run engine workers without the HTTP server (several may share one PostgreSQL database)."""
+    import signal
+    import threading
+
+    from gateway.core.db import make_engine, make_session_factory, upgrade
+    from gateway.engine.worker import EngineWorker
+    from hpcwaas.vault import Vault
+
+    settings = get_settings()
+    with errors():
+        upgrade(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    pool = EngineWorker(make_session_factory(engine), settings, Vault.from_settings(settings), threads).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    console.print(f"engine worker {pool.owner} running with {pool.threads} threads; Ctrl-C stops it")
+    stop.wait()
+    pool.stop()
+    engine.dispose()
