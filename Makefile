@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 
 lint:  ## ruff and mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy hpcwaas gateway deployer tosca
+	$(VENV)/bin/mypy hpcwaas gateway deployer tosca catalogue containers data_logistics
 
 pytest:  ## the test suite only (the stack must be up)
 	$(PYTHON) -m pytest -q
