@@ -109,6 +109,8 @@ def _record_image(db: Session, meta: ImageMeta, owner_id: str | None) -> Image:
         image = Image(id=meta.id, name=meta.name, owner_id=owner_id, size=meta.size,
                       digest=f"sha256:{meta.sha256}", labels=meta.labels, builder=meta.builder)
         db.add(image)
+    else:  # rebuilt (`force`): the file changed, the owner stays
+        image.size, image.digest, image.labels = meta.size, f"sha256:{meta.sha256}", meta.labels
     return image
 
 
