@@ -15,6 +15,7 @@ from gateway.api.routes import (
     deployments,
     executions,
     health,
+    image_tickets,
     images,
     jobs,
     pipelines,
@@ -48,8 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.image_worker = image_service.start_worker(settings, app.state.sessions)
         app.state.engine_worker = None
         if settings.engine_in_gateway and settings.engine_workers > 0:
+            from gateway.engine.executors import register_all
             from gateway.engine.worker import EngineWorker
 
+            register_all(app.state.sessions, settings, app.state.vault, app.state.image_worker.wake)
             app.state.engine_worker = EngineWorker(app.state.sessions, settings, app.state.vault).start()
         log.info("gateway up: database %s, vault %s", redacted(settings.effective_database_url), settings.vault_addr)
         yield
@@ -83,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     for module in (health, users, tokens, sites, jobs, ssh_keys, catalogue, images, workflows, pipelines,
-                   deployments, executions):
+                   deployments, executions, image_tickets):
         app.include_router(module.router)
     return app
 

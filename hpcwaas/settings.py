@@ -40,6 +40,8 @@ class Settings(BaseSettings):
 
     token_ttl_days: int = Field(default=90, ge=1, le=3650)
 
+    public_url: str = Field(default="http://127.0.0.1:18000",
+                            description="How pipelines reach the gateway (image downloads by ticket).")
     bind_host: str = "127.0.0.1"
     bind_port: int = 18000
     log_level: str = "INFO"

@@ -138,8 +138,11 @@ def _resolve_dataset(db: Session, user: User, dataset_id: str) -> tuple[str, str
 
 
 def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipeline: str,
-              data: PipelineRunCreate) -> PipelineRunOut:
-    """Check everything, then wrap the keys and trigger the DAG run."""
+              data: PipelineRunCreate, run_id: str | None = None) -> PipelineRunOut:
+    """Check everything, then wrap the keys and trigger the DAG run.
+
+    ``run_id`` makes the trigger idempotent for callers that may retry (the engine derives it
+    from the operation's tag); a new id is made otherwise."""
     _check_pipeline(pipeline)
     key = get_owned(db, user, data.ssh_key)
     target_key = get_owned(db, user, data.target_ssh_key) if data.target_ssh_key else key
@@ -195,7 +198,7 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
         "summary": {"source": data.source, "target": data.target},
     }
     try:
-        run = airflow(settings).trigger(pipeline, conf, run_id=new_run_id(), note=f"by {user.username}")
+        run = airflow(settings).trigger(pipeline, conf, run_id=run_id or new_run_id(), note=f"by {user.username}")
     except Exception:
         for token in tokens:
             burn(vault.addr, token)

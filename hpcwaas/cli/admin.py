@@ -83,18 +83,25 @@ def worker(threads: int = typer.Option(None, help="Records advanced at once (HPC
     import threading
 
     from gateway.core.db import make_engine, make_session_factory, upgrade
+    from gateway.engine.executors import register_all
     from gateway.engine.worker import EngineWorker
+    from gateway.services import images as image_service
     from hpcwaas.vault import Vault
 
     settings = get_settings()
     with errors():
         upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url)
-    pool = EngineWorker(make_session_factory(engine), settings, Vault.from_settings(settings), threads).start()
+    sessions = make_session_factory(engine)
+    vault = Vault.from_settings(settings)
+    images = image_service.start_worker(settings, sessions)
+    register_all(sessions, settings, vault, images.wake)
+    pool = EngineWorker(sessions, settings, vault, threads).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     console.print(f"engine worker {pool.owner} running with {pool.threads} threads; Ctrl-C stops it")
     stop.wait()
     pool.stop()
+    images.stop()
     engine.dispose()
