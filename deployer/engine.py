@@ -227,7 +227,7 @@ class Engine:
             if self.record.run(run_id) is not None:
                 raise StateError(f"deployment {self.deployment_id} already has a run {run_id!r}")
         run = RunRecord(
-            id=run_id or f"r{len(self.record.runs) + 1}-{uuid.uuid4().hex[:6]}",
+            id=run_id or self._next_run_id(),
             workflow=workflow,
             inputs={k: v for k, v in (inputs or {}).items() if k not in secret},
         )
@@ -235,6 +235,9 @@ class Engine:
             self.record.runs.append(run)
             self._commit()
         return run
+
+    def _next_run_id(self) -> str:
+        return f"r{len(self.record.runs) + 1}-{uuid.uuid4().hex[:6]}"
 
     def _finish_run(self, run: RunRecord, error: BaseException | None) -> None:
         with self._lock:
@@ -710,9 +713,15 @@ class Engine:
         runner = WorkflowRunner(self, name)
         secret = self.topology.secret_inputs() | {n for n, d in runner.workflow.inputs.items() if d.secret}
         existing = self._guard(resume, name)
-        resolved = runner.resolve_inputs({**(existing.inputs if existing else {}), **(inputs or {})})
+        given = {**(existing.inputs if existing else {}), **(inputs or {})}
+        new_id = existing.id if existing else check_id(run_id, "run id") if run_id else self._next_run_id()
+        provided = {"run_id": new_id, "deployment_id": self.deployment_id}
+        for input_name, decl in runner.workflow.inputs.items():
+            if decl.provided is not None:  # the engine's value, whatever the caller passed
+                given[input_name] = provided[decl.provided]
+        resolved = runner.resolve_inputs(given)
         self._add_secrets(resolved, secret)
-        run = existing or self._new_run(name, resolved, run_id=run_id, secret=secret)
+        run = existing or self._new_run(name, resolved, run_id=new_id, secret=secret)
         return self._drive(run, lambda: runner.run(run, resolved), None, blocking=blocking)
 
     def resume(self, run_id: str | None = None, *, blocking: bool = False,

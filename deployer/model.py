@@ -161,6 +161,7 @@ class InputDef:
     secret: bool = False
     description: str | None = None
     line: int | None = None
+    provided: str | None = None  # metadata hpcwaas.provided: run_id | deployment_id (set by the engine)
 
     @property
     def mandatory(self) -> bool:

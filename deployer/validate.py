@@ -347,16 +347,22 @@ def _input_defs(raw: Any, doc: YamlDocument | None, prefix: tuple[str, ...]) -> 
         secret = (
             bool(meta.get("hpcwaas.secret") or meta.get("secret")) or spec.get("type") == "hpcwaas.datatypes.Secret"
         )
+        provided = meta.get("hpcwaas.provided")
         out[name] = InputDef(
             name=name,
             type=str(spec.get("type", "string")),
             default=spec.get("default"),
-            required=bool(spec.get("required", True)),
+            required=bool(spec.get("required", True)) and provided is None,
             secret=secret,
             description=spec.get("description"),
             line=doc.line(*prefix, name) if doc else None,
+            provided=str(provided) if provided is not None else None,
         )
     return out
+
+
+#: Values the engine gives to workflow inputs declared with ``metadata: {hpcwaas.provided: <name>}``.
+PROVIDED_INPUTS = ("run_id", "deployment_id")
 
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -908,6 +914,15 @@ def _workflows(
             chk.add("a workflow must be a map", *base, field=f"workflows.{wname}")
             continue
         winputs = _input_defs(wdef.get("inputs"), chk.main, (*base, "inputs"))
+        for iname, idef in winputs.items():
+            if idef.provided is not None and idef.provided not in PROVIDED_INPUTS:
+                chk.add(
+                    f"hpcwaas.provided must be one of {', '.join(PROVIDED_INPUTS)}, not {idef.provided!r}",
+                    *base,
+                    "inputs",
+                    iname,
+                    field=f"workflows.{wname}.inputs.{iname}",
+                )
         steps: dict[str, WorkflowStep] = {}
         raw_steps = wdef.get("steps") or {}
         for sname, sdef in raw_steps.items():

@@ -452,3 +452,72 @@ def test_registry_resolves_lazy_executors_and_refuses_unregistered_services() ->
     assert registry.needs_file("hpcwaas.artifacts.Implementation.Ansible") is True
     with pytest.raises(TypeError):
         registry.copy().register(STAGE_IN, object())  # type: ignore[arg-type]
+
+
+class RecordingService(FakeSuspendableExecutor):
+    """Fake service executor for the wordcount example: records requests, sets profile attributes."""
+
+    def __init__(self, service: FakeService, attributes: Callable[[OperationRequest], dict[str, Any]]) -> None:
+        super().__init__(service)
+        self.attributes = attributes
+
+    def poll(self, request: OperationRequest, hooks: Any) -> Any:
+        outcome = super().poll(request, hooks)
+        if hasattr(outcome, "attributes") and not hasattr(outcome, "after"):
+            outcome.attributes.update(self.attributes(request))
+        return outcome
+
+
+def test_wordcount_example_runs_with_service_executors(tmp_path: Path) -> None:
+    from deployer.executors import IMAGE_BUILD, SLURM_JOB, STAGE_OUT
+    from tosca import EXAMPLES_DIR
+
+    service = FakeService()
+    work = "/home/u/waas"
+    executors = registry.copy()
+    executors.register(IMAGE_BUILD, RecordingService(service, lambda r: {"image_file": "/cache/wc.sif"}))
+    executors.register(IMAGE_TRANSFER, RecordingService(
+        service, lambda r: {"image_file_path": f"{r.host.work_dir}/{r.inputs['target_path']}"}))
+    executors.register(STAGE_IN, RecordingService(
+        service, lambda r: {"site_path": f"{r.host.work_dir}/{r.inputs['path']}"}))
+    executors.register(SLURM_JOB, RecordingService(service, lambda r: {"job_id": "77", "stdout_tail": "the\t3\n"}))
+    executors.register(STAGE_OUT, RecordingService(service, lambda r: {"dataset_id": "ds-result"}))
+    site_prepare = CountingBlockingExecutor()
+    executors.register("hpcwaas.artifacts.Implementation.Ansible", site_prepare)
+    inputs = {"host_key": "ssh-ed25519 AAAA", "username": "u", "credential": "u/k", "work_dir": work}
+    dep = MemoryStateStore()
+    from deployer.api import open_engine
+
+    def engine(store: StateStore, ident: str) -> Any:
+        return open_engine(EXAMPLES_DIR / "wordcount", store, deployment_id=ident, inputs=inputs,
+                           executors=executors)
+
+    with engine(dep, "wc-dep") as e:
+        assert drive(lambda: e.deploy(resume=bool(e.record.runs), blocking=False))[-1].status == "done"
+    deployment = dep.load()
+    assert deployment is not None and deployment.nodes["image_on_site"].attributes["image_file_path"] == \
+        f"{work}/images/wordcount.sif"
+    ex = MemoryStateStore(deployment.fork("ex-1"))
+    with engine(ex, "ex-1") as e:
+        first = e.run_workflow("execute", {"dataset": "ds-7", "top": 5, "run_id": "forged"}, blocking=False,
+                               run_id="ex-1")
+    assert first.status == "waiting" and first.inputs["run_id"] == "ex-1"  # provided, not the caller's
+    with engine(ex, "ex-1") as e:
+        run = drive(lambda: e.resume())[-1]
+        outs = e.outputs()
+    assert run.status == "done" and list(run.steps) == ["execute.stage_in", "execute.count", "execute.stage_out"]
+    assert outs["result_dataset"] == "ds-result" and outs["job_id"] == "77"
+    requests = {r.node: r.request for r in service.runs.values() if r.request is not None}
+    stage_in = requests["stage_in"]
+    assert stage_in is not None and stage_in.inputs["dataset"] == "ds-7"
+    assert stage_in.inputs["path"] == "runs/ex-1/input" and stage_in.host.credential == "u/k"
+    assert stage_in.host.endpoint is not None and stage_in.host.username == "u" and stage_in.host.work_dir == work
+    job = requests["count"]
+    assert job is not None and job.inputs["env"] == {
+        "WC_EXEC": "apptainer exec", "WC_IMAGE": f"{work}/images/wordcount.sif",
+        "WC_INPUT": f"{work}/runs/ex-1/input", "WC_OUTPUT": f"{work}/runs/ex-1/counts.tsv", "WC_TOP": 5}
+    out = requests["stage_out"]
+    assert out is not None and out.inputs["path"] == "runs/ex-1/counts.tsv"
+    assert out.inputs["dataset_name"] == "wordcount result" and out.tag.startswith("hpcwaas:ex-1:ex-1:execute.")
+    build = requests["image"]
+    assert build is not None and build.artifacts["image_spec"].name == "image.yaml"

@@ -97,9 +97,16 @@ class SiteCase:
                       credentials=self.credential["provider"], on_event=events.append if events is not None else None)
 
     def jobs_named(self, session: SSHSession) -> list[str]:
-        acct = session.run(["sacct", "-n", "-P", "-X", "--starttime=now-1days", "--name", self.job_name,
-                            "--format=JobID"], check=True)
-        return acct.stdout.split()
+        """Job ids with this test's job name in accounting (which lags the controller a little)."""
+
+        def read() -> list[str]:
+            acct = session.run(["sacct", "-n", "-P", "-X", "--starttime=now-1days", "--name", self.job_name,
+                                "--format=JobID"], check=True)
+            return acct.stdout.split()
+
+        wait_for(read, timeout=60, what="accounting to record the job")
+        time.sleep(1.0)
+        return read()
 
     def cleanup(self) -> None:
         with self.session() as session:
