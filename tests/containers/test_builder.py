@@ -88,3 +88,29 @@ def test_cross_arch_build_is_refused_before_building(builder_dir: Path, tmp_path
     with pytest.raises(SpecError, match=r"target\.arch: ppc64el images cannot be built"):
         Builder(builder_dir).build(render_spec(spec).definition, {}, key="arch-test", log_file=tmp_path / "log",
                                    arch=spec.target.arch)
+
+
+def test_a_build_over_its_timeout_is_stopped_with_its_processes(builder_dir: Path, tmp_path: Path) -> None:
+    from containers.errors import BuildFailed
+    from containers.render import render_spec
+    from containers.spec import parse_spec
+
+    key = f"timeout-test-{time.monotonic_ns()}"
+    pids: list[int] = []
+    builder = Builder(builder_dir, timeout=3)
+    began = time.monotonic()
+    with pytest.raises(BuildFailed, match="did not finish within 3s"):
+        builder.build(render_spec(parse_spec({})).definition, {}, key=key, log_file=tmp_path / "build.log",
+                      on_process=pids.append)
+    assert time.monotonic() - began < 30
+    assert "# build killed after 3s" in (tmp_path / "build.log").read_text()
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and key.encode() in _cmdline(p)]
+    assert leftovers == [], "processes of the killed build are still running"
+    assert not (builder.tree.host_path(f"{BUILDS_INSIDE}/{key}")).exists()
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
