@@ -5,7 +5,9 @@ Deploys topologies of N trivial nodes on localhost and prints ratios measured in
 * overhead per operation outside Ansible: (deploy wall time - time inside ansible-runner) / ops,
   serial; and the same with the built-in no-op executor (pure engine cost: validation excluded,
   state persisted with fsync after every transition);
-* parallel / serial wall time for N independent nodes with W workers (target <= 0.5 for 20/10).
+* parallel / serial wall time for N independent nodes with W workers (target <= 0.5 for 20/10);
+* the cost of one non-blocking monitoring call over N waiting operations (what a gateway worker
+  pays per wake-up): none due (no poll), and all due (one in-process poll each).
 
 Usage: .venv/bin/python bench/deploy.py [--nodes 20] [--workers 10]
 """
@@ -16,8 +18,10 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from deployer.engine import Engine
+from deployer.executors import STAGE_IN, OperationRequest, OperationResult, Waiting, registry
 from deployer.loader import open_package
 from deployer.state import FolderStateStore
 from deployer.validate import load_topology
@@ -61,6 +65,53 @@ def deploy(n: int, chained: bool, workers: int, noop: bool) -> tuple[float, floa
         return wall, engine.executor_seconds, engine.ops_run
 
 
+class _Sleeper:
+    """A suspendable executor that stays waiting for ``polls`` polls (no I/O)."""
+
+    needs_file = False
+
+    def __init__(self, after: float, polls: int) -> None:
+        self.after, self.polls = after, polls
+
+    def start(self, request: OperationRequest, hooks: Any) -> Waiting:
+        return Waiting(after=self.after, memo={"n": 0})
+
+    def poll(self, request: OperationRequest, hooks: Any) -> OperationResult | Waiting:
+        n = int(request.memo.get("n", 0)) + 1
+        return OperationResult() if n >= self.polls else Waiting(after=self.after, memo={"n": n})
+
+    def cancel(self, request: OperationRequest, hooks: Any) -> None:
+        return None
+
+
+def monitoring(n: int) -> tuple[float, float]:
+    """ms per non-blocking resume call over n waiting ops: (none due, all due and polled)."""
+    impl = "{implementation: {primary: {file: x, type: hpcwaas.artifacts.Implementation.StageIn}}}"
+    out = []
+    for after in (3600.0, 0.0):
+        executors = registry.copy()
+        executors.register(STAGE_IN, _Sleeper(after, polls=1000))
+        with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+            root = Path(tmp)
+            (root / "service.yaml").write_text(template(n, False, impl))
+            with open_package(root / "service.yaml") as package:
+                topology, inputs = load_topology(package)
+
+            def engine(topology: Any = topology, root: Path = root, inputs: Any = inputs,
+                       executors: Any = executors) -> Engine:
+                return Engine(topology, FolderStateStore(root / "state"), deployment_id="bench", inputs=inputs,
+                              workers=4, executors=executors)
+
+            engine().deploy(blocking=False)
+            started = time.perf_counter()
+            calls = 10
+            for _ in range(calls):
+                run = engine().deploy(resume=True, blocking=False)
+                assert run.status == "waiting"
+            out.append((time.perf_counter() - started) / calls * 1000)
+    return out[0], out[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=20)
@@ -87,6 +138,10 @@ def main() -> None:
     print(f"ansible, {n} independent nodes, {w} workers: {parallel:.2f} s total")
     print(f"parallel/serial ratio: {ratio:.2f} (target <= 0.50)")
     print(f"chained/serial ratio:  {chained / serial:.2f} (a chain cannot run in parallel: expect ~1)")
+
+    idle, due = monitoring(50)
+    print(f"non-blocking resume call, 50 waiting ops (fresh Engine, folder store): {idle:.1f} ms when none is due, "
+          f"{due:.1f} ms when all are polled ({due / 50:.2f} ms/op, executor time excluded)")
 
 
 if __name__ == "__main__":
