@@ -473,7 +473,7 @@ def test_wordcount_example_runs_with_service_executors(tmp_path: Path) -> None:
     from tosca import EXAMPLES_DIR
 
     service = FakeService()
-    work = "/home/u/waas"
+    software, work = "/home/u/waas-software/d1", "/home/r/waas/executions/ex-1"
     executors = registry.copy()
     executors.register(IMAGE_BUILD, RecordingService(service, lambda r: {"image_file": "/cache/wc.sif"}))
     executors.register(IMAGE_TRANSFER, RecordingService(
@@ -484,7 +484,9 @@ def test_wordcount_example_runs_with_service_executors(tmp_path: Path) -> None:
     executors.register(STAGE_OUT, RecordingService(service, lambda r: {"dataset_id": "ds-result"}))
     site_prepare = CountingBlockingExecutor()
     executors.register("hpcwaas.artifacts.Implementation.Ansible", site_prepare)
-    inputs = {"host_key": "ssh-ed25519 AAAA", "username": "u", "credential": "u/k", "work_dir": work}
+    # The developer (u) installs; the invoking user (r) runs, with her own key and folder.
+    inputs = {"host_key": "ssh-ed25519 AAAA", "username": "u", "credential": "u/k", "software_dir": software,
+              "run_username": "r", "run_credential": "r/k2", "run_work_dir": work}
     dep = MemoryStateStore()
     from deployer.api import open_engine
 
@@ -496,7 +498,7 @@ def test_wordcount_example_runs_with_service_executors(tmp_path: Path) -> None:
         assert drive(lambda: e.deploy(resume=bool(e.record.runs), blocking=False))[-1].status == "done"
     deployment = dep.load()
     assert deployment is not None and deployment.nodes["image_on_site"].attributes["image_file_path"] == \
-        f"{work}/images/wordcount.sif"
+        f"{software}/images/wordcount.sif"
     ex = MemoryStateStore(deployment.fork("ex-1"))
     with engine(ex, "ex-1") as e:
         first = e.run_workflow("execute", {"dataset": "ds-7", "top": 5, "run_id": "forged"}, blocking=False,
@@ -510,11 +512,11 @@ def test_wordcount_example_runs_with_service_executors(tmp_path: Path) -> None:
     requests = {r.node: r.request for r in service.runs.values() if r.request is not None}
     stage_in = requests["stage_in"]
     assert stage_in is not None and stage_in.inputs["dataset"] == "ds-7"
-    assert stage_in.inputs["path"] == "runs/ex-1/input" and stage_in.host.credential == "u/k"
-    assert stage_in.host.endpoint is not None and stage_in.host.username == "u" and stage_in.host.work_dir == work
+    assert stage_in.inputs["path"] == "runs/ex-1/input" and stage_in.host.credential == "r/k2"
+    assert stage_in.host.endpoint is not None and stage_in.host.username == "r" and stage_in.host.work_dir == work
     job = requests["count"]
     assert job is not None and job.inputs["env"] == {
-        "WC_EXEC": "apptainer exec", "WC_IMAGE": f"{work}/images/wordcount.sif",
+        "WC_EXEC": "apptainer exec", "WC_IMAGE": f"{software}/images/wordcount.sif",
         "WC_INPUT": f"{work}/runs/ex-1/input", "WC_OUTPUT": f"{work}/runs/ex-1/counts.tsv", "WC_TOP": 5}
     out = requests["stage_out"]
     assert out is not None and out.inputs["path"] == "runs/ex-1/counts.tsv"
