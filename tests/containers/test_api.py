@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
 from containers.store import ImageStore
 from hpcwaas.settings import Settings
@@ -16,7 +17,7 @@ from tests.containers.conftest import GREET, HELLO_SPEC, MISSING_APT_SPEC, Built
 from tests.fixtures.gateway import Person, error_of
 
 HELLO_BODY: dict[str, Any] = {
-    "spec": __import__("yaml").safe_load(HELLO_SPEC),
+    "spec": yaml.safe_load(HELLO_SPEC),
     "files": {"greet.sh": base64.b64encode(GREET.encode()).decode()},
     "executable": ["greet.sh"],
 }
