@@ -62,9 +62,9 @@ def _site_values(site: Site, login: str, owner_id: str, key_id: str, work_dir: s
 
 
 def software_dir_for(site: Site, login: str, deployment_id: str) -> str:
-    """Where a deployment installs software: outside the (private) work dir, readable by every site
-    user who invokes it."""
-    return f"{work_dir_for(site, login)}-software/{deployment_id}"
+    """Where a deployment installs software (images): in the developer's work dir, in a folder that
+    site preparation makes readable by every site user who invokes it (see site_prepare.yml)."""
+    return f"{work_dir_for(site, login)}/software/{deployment_id}"
 
 
 def bind_inputs(declared: dict[str, Any], given: dict[str, Any], site: Site, deployer_login: str,

@@ -11,7 +11,8 @@ from gateway.services import image_tickets
 router = APIRouter(prefix="/images", tags=["images"])
 
 
-@router.get("/{image_id}/ticketed", response_class=FileResponse, include_in_schema=False)
+@router.api_route("/{image_id}/ticketed", methods=["GET", "HEAD"], response_class=FileResponse,
+                include_in_schema=False)
 def ticketed(image_id: str, request: Request, settings: SettingsDep,
              expires: int = Query(...), sig: str = Query(..., max_length=128)) -> FileResponse:
     image_tickets.check(settings, image_id, expires, sig)

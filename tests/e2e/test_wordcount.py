@@ -1,0 +1,184 @@
+"""Workflows as a Service end to end, on the whole real stack: a developer registers and deploys the
+wordcount example (real Apptainer image build, image moved to the site by an Airflow pipeline run);
+a scientist registers a text dataset in the catalogue and invokes the workflow over REST and with
+the CLI; the run stages the data in (Airflow), counts the words in the container as a Slurm job
+under her own site account, stages the result out (Airflow) and registers it in the catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from gateway.main import create_app
+from hpcwaas.cli import app as cli_app
+from hpcwaas.settings import Settings, get_settings
+from hpcwaas.stack.info import SiteInfo, StackInfo
+from hpcwaas.stack.site_users import authorize_key, revoke_key
+from tests.fixtures.gateway import Person, registered_site
+
+pytestmark = [pytest.mark.slow, pytest.mark.site, pytest.mark.vault]
+EXAMPLES = Path(__file__).resolve().parents[2] / "tosca" / "examples"
+TEXT = """It was the best of times, it was the worst of times, it was the age of wisdom,
+it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity.
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(fetch: Any, done: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = fetch()
+        if done(current):
+            return dict(current)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {json.dumps(current)[:2000]}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def gateway(settings: Settings, stack: StackInfo) -> Iterator[tuple[str, Settings]]:
+    if "postgresql" in (settings.database_url or ""):
+        pytest.skip("the whole-stack run happens once, on the SQLite gateway database")
+    if stack.airflow is None or stack.apptainer is None:
+        pytest.fail("the stack needs Airflow and the Apptainer builder: make stack-up", pytrace=False)
+    port = _free_port()
+    live = settings.model_copy(update={"engine_in_gateway": True, "engine_poll_seconds": 0.3,
+                                       "public_url": f"http://127.0.0.1:{port}"})
+    server = uvicorn.Server(uvicorn.Config(create_app(live), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", live
+    server.should_exit = True
+    thread.join(15)
+
+
+def _as(person: Person, url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {person.token}"}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def deployment(gateway: tuple[str, Settings], people: dict[str, Person], site: SiteInfo) -> Iterator[dict[str, Any]]:
+    url, _ = gateway
+    registered_site(people["admin"], site)
+    dave = _as(people["dave"], url)
+    name = f"wordcount-{uuid.uuid4().hex[:6]}"
+    registered = dave.post("/workflows", json={"name": name, "source": {"kind": "folder",
+                                                                          "path": str(EXAMPLES / "wordcount")}})
+    assert registered.status_code in (200, 201), registered.text
+    key = dave.post("/ssh_keys", json={"login": "sciuser2"}).json()
+    authorize_key("sciuser2", key["public_key"])
+    resp = dave.post("/deployments", json={"workflow": name, "site": "local", "ssh_key": key["id"]})
+    assert resp.status_code == 202, resp.text
+    location = resp.headers["Location"]
+    deployed = _wait(lambda: dave.get(location).json(), lambda d: d["state"] in ("deployed", "failed"), 900,
+                     "the deployment (image build and transfer)")
+    log_tail = "\n".join(line["text"] for line in dave.get(f"{location}/logs").json()["lines"][-25:])
+    assert deployed["state"] == "deployed", f"{deployed['error']}\n{log_tail}"
+    assert deployed["outputs"]["image_on_site"].endswith("/images/wordcount.sif")
+    yield {"name": name, "deployment": deployed}
+    revoke_key("sciuser2", key["public_key"])
+
+
+@pytest.fixture(scope="module")
+def dataset(gateway: tuple[str, Settings], people: dict[str, Person], stack: StackInfo) -> dict[str, Any]:
+    url, _ = gateway
+    assert stack.airflow is not None
+    folder = stack.airflow.storage_root / "datasets" / uuid.uuid4().hex[:8]
+    folder.mkdir(parents=True)
+    path = folder / "two-cities.txt"
+    path.write_text(TEXT)
+    alice = _as(people["alice"], url)
+    resp = alice.post("/catalogue/datasets", json={
+        "title": "A Tale of Two Cities, opening", "description": "The first lines, for counting words.",
+        "location": f"file://{path}", "format": "text/plain", "access": "public", "keywords": ["text", "demo"],
+        "checksum_sha256": hashlib.sha256(TEXT.encode()).hexdigest(), "size_bytes": len(TEXT.encode())})
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+def _expected_top(n: int) -> list[tuple[str, int]]:
+    import re
+
+    counts = Counter(w.lower() for w in re.findall(r"[^\W\d_]+", TEXT))
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def _check_result(execution: dict[str, Any], alice: httpx.Client, stack: StackInfo, top: int) -> None:
+    outputs = execution["outputs"]
+    result = alice.get(f"/catalogue/datasets/{outputs['result_dataset']}")
+    assert result.status_code == 200, result.text
+    entry = result.json()
+    assert entry["checksum_sha256"] and entry["location"] == outputs["result_location"]
+    assert stack.airflow is not None
+    local = Path(outputs["result_location"].removeprefix("file://"))
+    lines = [line for line in local.read_text().splitlines() if not line.startswith("#")]
+    assert [tuple(line.split("\t")) for line in lines] == [(w, str(n)) for w, n in _expected_top(top)]
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["checksum_sha256"]
+    steps = {s["name"].split(":")[0]: s for s in execution["steps"]}
+    assert any(s.get("job_id") for s in execution["steps"])
+    assert sum(1 for s in execution["steps"] if s.get("pipeline_run_id")) == 2, steps
+
+
+def test_scientist_invokes_over_rest(gateway: tuple[str, Settings], deployment: dict[str, Any],
+                                     dataset: dict[str, Any], people: dict[str, Person], stack: StackInfo) -> None:
+    url, _ = gateway
+    alice = _as(people["alice"], url)
+    key = alice.post("/ssh_keys", json={"login": "sciuser1"}).json()
+    authorize_key("sciuser1", key["public_key"])
+    try:
+        resp = alice.post(f"/workflows/{deployment['name']}/executions",
+                          json={"inputs": {"dataset": dataset["id"], "top": 5}, "ssh_key": key["id"]})
+        assert resp.status_code == 202, resp.text
+        location = resp.headers["Location"]
+        execution = _wait(lambda: alice.get(location).json(),
+                          lambda e: e["state"] in ("completed", "failed", "cancelled"), 600, "the execution")
+        assert execution["state"] == "completed", (execution["error"], alice.get(f"{location}/logs").json())
+        assert "counted" in execution["outputs"]["top_words"]
+        _check_result(execution, alice, stack, 5)
+    finally:
+        revoke_key("sciuser1", key["public_key"])
+
+
+def test_scientist_invokes_with_the_cli(gateway: tuple[str, Settings], deployment: dict[str, Any],
+                                        dataset: dict[str, Any], people: dict[str, Person], stack: StackInfo,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url, _ = gateway
+    alice = _as(people["alice"], url)
+    key = alice.post("/ssh_keys", json={"login": "sciuser1"}).json()
+    authorize_key("sciuser1", key["public_key"])
+    monkeypatch.setenv("HPCWAAS_URL", url)
+    monkeypatch.setenv("HPCWAAS_TOKEN", people["alice"].token)
+    monkeypatch.setenv("HPCWAAS_CLI_CONFIG", str(tmp_path / "cli.json"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli_app, ["run", deployment["name"], "--key", key["id"], "-i",
+                                              f"dataset={dataset['id']}", "-i", "top=3", "--follow"])
+        assert result.exit_code == 0, result.output
+        assert "completed" in result.output and "result_dataset" in result.output
+        listed = CliRunner().invoke(cli_app, ["--json", "executions", "list", "--workflow", deployment["name"]])
+        newest = json.loads(listed.output)[0]
+        _check_result(alice.get(f"/executions/{newest['id']}").json(), alice, stack, 3)
+    finally:
+        get_settings.cache_clear()
+        revoke_key("sciuser1", key["public_key"])
