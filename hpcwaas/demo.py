@@ -5,6 +5,12 @@ creates a scientist and a token; the scientist creates an SSH key through the RE
 installs its public half on the site; then, through the gateway, with the key fetched from
 Vault, the scientist runs ``sinfo`` and a ``sbatch --wait`` job and reads its output.
 
+Then the whole service: a developer registers the wordcount workflow and deploys it (its
+Apptainer image is built and moved to the site by an Airflow pipeline run); the scientist
+registers a text in the data catalogue and invokes the workflow: the text is staged in, counted
+in the container by a Slurm job under her own site account, and the result is staged out and
+registered in the catalogue, where the demo shows it.
+
 Run it with ``make demo`` (which starts the stack first) or ``python -m hpcwaas.demo``.
 """
 
@@ -60,6 +66,7 @@ def gateway_env(stack: StackInfo) -> dict[str, str]:
         "HPCWAAS_VAULT_TOKEN_FILE": str(vault.gateway_token_file),
         "HPCWAAS_VAULT_MOUNT": vault.mount,
         "HPCWAAS_BIND_PORT": str(PORT),
+        "HPCWAAS_PUBLIC_URL": URL,
         "HPCWAAS_URL": URL,
     }
 
@@ -188,10 +195,107 @@ def main() -> None:
     if job["state"] != "COMPLETED":
         raise SystemExit(f"the job ended {job['state']}: {job.get('stderr_tail')}")
 
+    workflow_demo(stack, admin, alice, key)
+
     console.print(f"\n[bold green]demo complete[/bold green] in {time.monotonic() - t_start:.1f} s. "
                   f"The gateway keeps running on {URL} (docs: {URL}/docs); `make stack-down` stops everything.")
     console.print(f"Try it as alice (token valid one day): HPCWAAS_URL={URL} HPCWAAS_TOKEN={alice_token} "
                   ".venv/bin/waas ssh-keys list")
+
+
+def _follow_deployment(dev: Client, deployment_id: str) -> dict[str, Any]:
+    after = 0
+    while True:
+        page = dev.deployment_logs(deployment_id, after, wait=10)
+        for line in page["lines"]:
+            if any(word in line["text"] for word in ("op start", "op done", "failed", "started", "image build")):
+                if "(poll)" not in line["text"]:
+                    console.print(f"   [dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+        after = page["next_seq"]
+        current = dev.get_deployment(deployment_id)
+        if current["state"] in ("deployed", "failed", "undeployed") and not page["lines"]:
+            return current
+
+
+def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dict[str, Any]) -> None:
+    """Register, deploy and invoke the wordcount workflow; show the result in the catalogue."""
+    from hpcwaas.cli.workflows import follow
+
+    step(9, "Admin: create the developer 'dave'; dave creates his SSH key for site user sciuser2")
+    dave_user = ensure(admin.create_user, "dave", "developer", full_name="Dave Developer",
+                       exists=lambda: admin.get_user("dave"))
+    dave = Client(URL, admin.create_token("demo", 1, user=dave_user["id"])["token"])
+    dave_key = next((k for k in dave.list_ssh_keys() if k["name"] == "demo-dave"), None) or \
+        dave.create_ssh_key(name="demo-dave", login="sciuser2")
+    with tempfile.NamedTemporaryFile("w", suffix=".pub") as pub:
+        pub.write(dave_key["public_key"] + "\n")
+        pub.flush()
+        subprocess.run([sys.executable, "-m", "hpcwaas.stack", "authorize-key", "--user", "sciuser2",
+                        "--public-key-file", pub.name], check=True, capture_output=True)
+    console.print(f"   dave's key {dave_key['fingerprint']} installed for sciuser2")
+
+    step(10, "Dave: register the wordcount workflow (tosca/examples/wordcount) in the registry")
+    examples = Path(__file__).resolve().parent.parent / "tosca" / "examples"
+    registered = dave.register_workflow("wordcount", {"kind": "folder", "path": str(examples / "wordcount")},
+                                        "Word count of a text dataset, in an Apptainer container on Slurm")
+    version = registered["version"]
+    console.print(f"   wordcount version {version['number']} ({version['digest'][:19]}...), "
+                  f"{'new' if registered['created'] else 'already registered'}; "
+                  f"execute inputs: {', '.join(version['workflows']['execute']['inputs'])}")
+
+    step(11, "Dave: deploy it to the local site (image build, transfer by an Airflow run, site preparation)")
+    ready = [d for d in dave.list_deployments("wordcount") if d["state"] == "deployed"]
+    if ready and ready[0]["version_id"] == version["id"]:
+        deployment = ready[0]
+        console.print(f"   deployment {deployment['id']} is already deployed")
+    else:
+        deployment = dave.deploy("wordcount", "local", dave_key["id"])
+        console.print(f"   deployment {deployment['id']} accepted; the first image build takes a minute or two")
+        t0 = time.monotonic()
+        deployment = _follow_deployment(dave, deployment["id"])
+        if deployment["state"] != "deployed":
+            raise SystemExit(f"the deployment failed: {deployment['error']}")
+        console.print(f"   deployed in {time.monotonic() - t0:.0f} s")
+    console.print(f"   the image is on the site at {deployment['outputs'].get('image_on_site')}")
+
+    step(12, "Alice: register a text in the data catalogue")
+    assert stack.airflow is not None
+    import codecs
+    import contextlib
+    import hashlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen of Python
+        import this
+    text = codecs.decode(this.s, "rot13") + "\n"
+    folder = stack.airflow.storage_root / "datasets" / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "zen-of-python.txt"
+    source.write_text(text)
+    dataset = alice.request("POST", "/catalogue/datasets", json={
+        "title": "The Zen of Python", "description": "Tim Peters' aphorisms, a small text to count words in.",
+        "location": f"file://{source}", "format": "text/plain", "access": "public",
+        "keywords": ["text", "demo", "python"], "license": "PSF-2.0",
+        "checksum_sha256": hashlib.sha256(text.encode()).hexdigest(), "size_bytes": len(text.encode())})
+    console.print(f"   dataset {dataset['id']}: {dataset['title']} ({dataset['size_bytes']} bytes)")
+
+    step(13, "Alice: invoke wordcount with her own SSH key and follow it live")
+    execution = alice.invoke("wordcount", alice_key["id"], {"dataset": dataset["id"], "top": 8,
+                                                           "result_name": "Zen of Python word counts"})
+    console.print(f"   execution {execution['id']} accepted (202); stage-in, Slurm job, stage-out:")
+    execution = follow(alice, execution["id"])
+    if execution["state"] != "completed":
+        raise SystemExit(f"the execution ended {execution['state']}: {execution['error']}")
+    outputs = execution["outputs"]
+    console.print(Panel(str(outputs.get("top_words", "")).rstrip(), title="the job's output", expand=False))
+
+    step(14, "Alice: the result, registered in the catalogue with its provenance")
+    result = alice.request("GET", f"/catalogue/datasets/{outputs['result_dataset']}")
+    local = Path(str(result["location"]).removeprefix("file://"))
+    console.print(f"   dataset {result['id']}: {result['title']}")
+    console.print(f"   location {result['location']}  sha256 {str(result['checksum_sha256'])[:16]}...")
+    console.print(Panel(local.read_text().rstrip(), title="counts.tsv (staged out)", expand=False))
+    console.print(f"   browse it: {URL}/catalogue/ui/datasets/{result['id']}")
 
 
 if __name__ == "__main__":

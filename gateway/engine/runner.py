@@ -87,7 +87,10 @@ def bind_inputs(declared: dict[str, Any], given: dict[str, Any], site: Site, dep
         login, owner, key, work_dir = runner
         run = _site_values(site, login, owner, key, work_dir)
     else:
-        run = deploy
+        # At deploy time the run-side nodes get a folder of their own, so preparing them never
+        # changes the mode of the developer's work dir (which holds the shared software dir).
+        run = _site_values(site, deployer_login, deployer_owner, deployer_key,
+                           f"{deploy['work_dir']}/executions/{deployment_id}")
     for name in RUN_BINDINGS:
         if name in declared:
             values[name] = run[name.removeprefix("run_")]
