@@ -29,7 +29,9 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
+from hpcwaas.cli.workflows import log_line, shown
 from hpcwaas.client import ApiError, Client
 from hpcwaas.settings import get_settings
 from hpcwaas.stack.info import StackInfo, load_stack_info
@@ -208,9 +210,8 @@ def _follow_deployment(dev: Client, deployment_id: str) -> dict[str, Any]:
     while True:
         page = dev.deployment_logs(deployment_id, after, wait=10)
         for line in page["lines"]:
-            if any(word in line["text"] for word in ("op start", "op done", "failed", "started", "image build")):
-                if "(poll)" not in line["text"]:
-                    console.print(f"   [dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+            if shown(line) and any(w in line["text"] for w in ("op start", "op done", "failed", "image build")):
+                console.print(Text("   ") + log_line(line))
         after = page["next_seq"]
         current = dev.get_deployment(deployment_id)
         if current["state"] in ("deployed", "failed", "undeployed") and not page["lines"]:

@@ -101,28 +101,34 @@ def _epoch_to_dt(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
 
+def _op_view(name: str, ops: list[Any], state: str) -> dict[str, Any]:
+    memo: dict[str, Any] = {}
+    for op in ops:
+        memo.update(op.memo or {})
+    return {
+        "name": name,
+        "state": state,
+        "started_at": min((op.started_at for op in ops), default=None),
+        "finished_at": max((op.finished_at for op in ops if op.finished_at), default=None)
+        if ops and all(op.finished_at for op in ops) else None,
+        "attempts": sum(op.attempts for op in ops),
+        "job_id": memo.get("job_id"),
+        "pipeline_run_id": memo.get("dag_run_id") or memo.get("pipeline_run_id"),
+        "image_build_id": memo.get("image_build_id"),
+        "error": next((op.error for op in ops if op.error), None),
+    }
+
+
 def _steps(run: RunRecord | None) -> list[dict[str, Any]]:
-    """Per-operation (or per-step) progress for the API: state, timings, job and pipeline ids."""
+    """Progress for the API: one entry per workflow step (its operations' job and pipeline run ids,
+    timings, error), or per operation for install and uninstall runs."""
     if run is None:
         return []
-    steps = []
-    for key, op in run.ops.items():
-        memo = op.memo or {}
-        steps.append({
-            "name": key,
-            "state": op.status,
-            "started_at": op.started_at,
-            "finished_at": op.finished_at,
-            "attempts": op.attempts,
-            "job_id": memo.get("job_id"),
-            "pipeline_run_id": memo.get("dag_run_id") or memo.get("pipeline_run_id"),
-            "error": op.error,
-        })
-    names = [str(s["name"]) for s in steps]
-    for name, status in (run.steps or {}).items():
-        if not any(n == name or n.startswith(f"{name}:") for n in names):
-            steps.append({"name": name, "state": status})
-    return steps
+    if run.steps:
+        prefix = f"{run.workflow}."
+        return [_op_view(step.removeprefix(prefix), list(run.ops_of_step(step).values()), status)
+                for step, status in run.steps.items()]
+    return [_op_view(key, [op], op.status) for key, op in run.ops.items()]
 
 
 class Runner:

@@ -87,5 +87,8 @@ class LogSink:
         elif event.kind in ("op_start", "op_done", "op_skip", "node_state", "run"):
             detail = event.state or event.message or event.kind
             took = f" ({event.seconds:.1f} s)" if event.seconds is not None else ""
+            # Each wake-up of a waiting run and each poll is bookkeeping, not news: debug level.
+            chatter = (event.kind == "run" and (" resumed" in detail or " waiting" in detail)) or \
+                (event.kind == "op_start" and detail.endswith("(poll)"))
             self.write(f"{where + ': ' if where else ''}{event.kind.replace('_', ' ')} {detail}{took}".strip(),
-                       step=where or None)
+                       level="debug" if chatter else "info", step=where or None)

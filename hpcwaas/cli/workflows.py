@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from hpcwaas.cli._common import State, client, console, emit, errors, fields, table
 
@@ -20,6 +21,17 @@ TERMINAL = {"completed", "failed", "cancelled"}
 WF_COLS = ["name", "latest_version", "visibility", "description", "updated_at"]
 DEP_COLS = ["id", "workflow_id", "state", "login", "error", "updated_at"]
 EXEC_COLS = ["id", "workflow_id", "state", "login", "created_at", "finished_at", "error"]
+
+
+def log_line(line: dict[str, Any]) -> Text:
+    """A log line for a terminal: its time dimmed, errors in red."""
+    style = "red" if line.get("level") == "error" else ""
+    return Text.assemble((line["at"][11:19], "dim"), " ", (line["text"], style))
+
+
+def shown(line: dict[str, Any], verbose: bool = False) -> bool:
+    """Whether a log line is worth showing (debug lines are the engine's bookkeeping)."""
+    return verbose or line.get("level") != "debug"
 
 
 def parse_inputs(items: list[str]) -> dict[str, Any]:
@@ -115,7 +127,8 @@ def deploy(
             while True:
                 page = api.deployment_logs(out["id"], after, wait=20)
                 for line in page["lines"]:
-                    console.print(f"  [dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+                    if shown(line):
+                        console.print(log_line(line))
                 after = page["next_seq"]
                 out = api.get_deployment(out["id"])
                 if out["state"] in ("deployed", "failed", "undeployed") and not page["lines"]:
@@ -165,7 +178,8 @@ def follow(api: Any, execution_id: str) -> dict[str, Any]:
         while True:
             page = api.execution_logs(execution_id, after, wait=2)
             for line in page["lines"]:
-                live.console.print(f"[dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+                if shown(line):
+                    live.console.print(log_line(line))
             after = page["next_seq"]
             execution = api.get_execution(execution_id)
             live.update(_steps_table(execution))
@@ -226,18 +240,21 @@ def status(execution_id: str) -> None:
 
 
 @executions.command("logs")
-def logs(execution_id: str, follow_it: bool = typer.Option(False, "--follow", "-f")) -> None:
+def logs(execution_id: str, follow_it: bool = typer.Option(False, "--follow", "-f"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the engine's bookkeeping lines.")) -> None:
     """The execution's log (live with --follow)."""
     with errors(), client() as api:
         if follow_it:
             for line in api.follow_execution(execution_id):
-                console.print(f"[dim]{line['at'][11:19]}[/dim] {line['text']}", markup=False, highlight=False)
+                if shown(line, verbose):
+                    console.print(log_line(line))
             return
         page = api.execution_logs(execution_id)
 
     def human(d: dict[str, Any]) -> None:
         for line in d["lines"]:
-            console.print(f"{line['at'][11:19]} {line['text']}", markup=False, highlight=False)
+            if shown(line, verbose):
+                console.print(log_line(line))
 
     emit(page, human)
 
