@@ -101,9 +101,12 @@ def create_deployment(db: Session, user: User, data: DeploymentCreate) -> Deploy
 def get_deployment(db: Session, user: User, deployment_id: str, *, manage: bool = False) -> Deployment:
     """A deployment the user may see: of a workflow visible to them (owner/admin to manage)."""
     deployment = db.get(Deployment, deployment_id)
-    if deployment is None:
-        raise NotFound(f"deployment {deployment_id!r} does not exist")
-    workflow_service.get_visible(db, user, deployment.workflow_id)  # NotFound when hidden
+    workflow = db.get(Workflow, deployment.workflow_id) if deployment is not None else None
+    # A deployment of a hidden workflow is reported exactly like one that does not exist (the
+    # hidden workflow's id is not named either).
+    if deployment is None or workflow is None or not workflow_service.can_see(workflow, user):
+        raise NotFound(f"deployment {deployment_id!r} does not exist",
+                       hint="list the deployments you may see with GET /deployments")
     if manage and deployment.owner_id != user.id and user.role != Role.ADMIN:
         raise PermissionDenied("only the deployment's owner or an admin may change it")
     return deployment

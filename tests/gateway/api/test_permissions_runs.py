@@ -404,3 +404,34 @@ def test_restricted_to_a_group(cast: dict[str, Person], world: World, client: Te
         assert cast["other"].get(f"/workflows/{world.name}").status_code == 404
     finally:
         dave.patch(f"/workflows/{world.name}", json={"visibility": {"mode": "restricted", "users": ["alice"]}})
+
+
+HIDDEN_ROUTES = sorted(route for route, rows in MATRIX.items() if 404 in rows["restricted"] and "{" in route[1])
+
+
+@pytest.mark.parametrize("route", HIDDEN_ROUTES, ids=lambda r: f"{r[0]} {r[1]}")
+def test_hidden_is_reported_like_absent(world: World, route: tuple[str, str]) -> None:
+    """A 404 for something hidden says no more than a 404 for something that does not exist."""
+    if world.visibility != "restricted":
+        pytest.skip("the restricted workflow hides things")
+    role = ROLES[MATRIX[route]["restricted"].index(404)]
+    person = world.cast[role]
+    method, url, kwargs, _ = CALLS[route](world, role)
+    made_up = "nosuch" + uuid.uuid4().hex[:8]
+    ids = {"{ref}", "{execution_id}", "{deployment_id}"}
+    pairs = list(zip(route[1].split("/"), url.split("/"), strict=True))
+    ref = next(part for template, part in pairs if template in ids)
+    ghost_url = "/".join(made_up if template in ids else part for template, part in pairs)
+    hidden = _send(world, role, method, url, kwargs, person.token)
+    absent = _send(world, role, method, ghost_url, kwargs, person.token)
+    assert hidden.status_code == absent.status_code == 404, (hidden.text, absent.text)
+
+    def shape(resp: httpx.Response, ref: str) -> dict[str, Any]:
+        err = dict(error_of(resp))
+        err.pop("request_id")
+        text = resp.text
+        for secret in (world.workflow_id, world.name) if ref != world.name else ():
+            assert secret not in text, f"the 404 names the hidden workflow: {text}"
+        return {k: (v.replace(ref, "REF") if isinstance(v, str) else v) for k, v in err.items()}
+
+    assert shape(hidden, ref) == shape(absent, made_up)
