@@ -4,20 +4,17 @@ headless Chromium (Debian's, driven by Playwright) that searches, opens a datase
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from gateway.main import create_app
 from hpcwaas.settings import Settings
 from tests.fixtures.gateway import Person, artifacts_dir
+from tests.fixtures.live import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -97,24 +94,10 @@ def test_login_sets_an_http_only_cookie_and_checks_csrf(people: dict[str, Person
     assert browser_client.get(f"/catalogue/ui/datasets/{secret['id']}").status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(settings: Settings) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(settings)) as url:
+        yield url
 
 
 @pytest.mark.slow

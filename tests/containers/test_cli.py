@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from containers.store import ImageStore
@@ -20,22 +16,13 @@ from hpcwaas.cli import app
 from hpcwaas.settings import Settings, get_settings
 from tests.containers.conftest import BuiltImage, seed
 from tests.fixtures.gateway import Person
+from tests.fixtures.live import live_server
 
 
 @pytest.fixture(scope="module")
 def gateway_url(settings: Settings) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

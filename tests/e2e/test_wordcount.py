@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -19,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from gateway.main import create_app
@@ -28,18 +25,13 @@ from hpcwaas.settings import Settings, get_settings
 from hpcwaas.stack.info import SiteInfo, StackInfo
 from hpcwaas.stack.site_users import authorize_key, revoke_key
 from tests.fixtures.gateway import Person, registered_site
+from tests.fixtures.live import free_port, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.site, pytest.mark.vault]
 EXAMPLES = Path(__file__).resolve().parents[2] / "tosca" / "examples"
 TEXT = """It was the best of times, it was the worst of times, it was the age of wisdom,
 it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity.
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(fetch: Any, done: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -59,18 +51,11 @@ def gateway(settings: Settings, stack: StackInfo) -> Iterator[tuple[str, Setting
         pytest.skip("the whole-stack run happens once, on the SQLite gateway database")
     if stack.airflow is None or stack.apptainer is None:
         pytest.fail("the stack needs Airflow and the Apptainer builder: make stack-up", pytrace=False)
-    port = _free_port()
+    port = free_port()
     live = settings.model_copy(update={"engine_in_gateway": True, "engine_poll_seconds": 0.3,
                                        "public_url": f"http://127.0.0.1:{port}"})
-    server = uvicorn.Server(uvicorn.Config(create_app(live), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", live
-    server.should_exit = True
-    thread.join(15)
+    with live_server(create_app(live), port) as url:
+        yield url, live
 
 
 def _as(person: Person, url: str) -> httpx.Client:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import stat
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from gateway.main import create_app
@@ -20,28 +16,15 @@ from hpcwaas.settings import Settings, get_settings
 from hpcwaas.stack.info import SiteInfo
 from hpcwaas.stack.site_users import authorize_key
 from tests.fixtures.gateway import Person
+from tests.fixtures.live import live_server
 
 pytestmark = pytest.mark.site
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def gateway_url(settings: Settings) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture
