@@ -8,9 +8,15 @@ time to look again. The record's state, steps, outputs and ``wake_at`` are then 
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from deployer.credentials import VaultCredentialProvider
 from deployer.engine import Engine
 from deployer.loader import open_package
+from deployer.model import Topology
 from deployer.state import DeploymentRecord, RunRecord
 from deployer.validate import load_topology
 from gateway.engine.store import DbStateStore, LogSink
@@ -131,12 +138,45 @@ def _steps(run: RunRecord | None) -> list[dict[str, Any]]:
     return [_op_view(key, [op], op.status) for key, op in run.ops.items()]
 
 
+class TopologyCache:
+    """Parsed topologies by (bundle folder, inputs): a poll of a waiting run must not re-read and
+    re-validate the template each time (that was most of a poll's CPU). Registered bundles are
+    immutable, so an entry never goes stale; CSAR bundles (extracted per use) are not cached."""
+
+    def __init__(self, size: int = 128) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[Topology, dict[str, Any]]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def load(self, bundle: str, inputs: dict[str, Any]) -> Iterator[tuple[Topology, dict[str, Any]]]:
+        """The topology and resolved inputs of ``bundle`` with ``inputs``."""
+        if not Path(bundle).is_dir():
+            with open_package(bundle) as package:
+                yield load_topology(package, inputs)
+            return
+        key = (bundle, json.dumps(inputs, sort_keys=True, default=str))
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+        if hit is None:
+            with open_package(bundle) as package:
+                hit = load_topology(package, inputs)
+            with self._lock:
+                self._entries[key] = hit
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        yield hit
+
+
 class Runner:
     """Advances deployments and executions (one call = as far as possible without waiting)."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, vault: Vault, owner: str) -> None:
         self.sessions, self.settings, self.vault, self.owner = sessions, settings, vault, owner
         self.credentials = VaultCredentialProvider(vault)
+        self.topologies = TopologyCache()
 
     # -- deployments --------------------------------------------------------------------------
 
@@ -161,8 +201,7 @@ class Runner:
         sink = LogSink(self.sessions, deployment_id)
         store = DbStateStore(self.sessions, Deployment, deployment_id, self.owner)
         try:
-            with open_package(bundle) as package:
-                topology, resolved = load_topology(package, inputs)
+            with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=deployment_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers, credentials=self.credentials,
                                 on_event=sink, context=context)
@@ -229,8 +268,7 @@ class Runner:
         sink = LogSink(self.sessions, execution_id)
         store = DbStateStore(self.sessions, Execution, execution_id, self.owner, initial)
         try:
-            with open_package(bundle) as package:
-                topology, resolved = load_topology(package, inputs)
+            with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=execution_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers, credentials=self.credentials,
                                 on_event=sink, context=context, cancel_check=lambda: self._cancel_wanted(execution_id))
