@@ -44,8 +44,16 @@ def show_build(build_id: str, db: SessionDep, user: CurrentUser) -> BuildOut:
     return BuildOut.model_validate(service.get_build(db, user, build_id))
 
 
+# The log is plain text, but refusals are the API's JSON error body: say so in the spec (FastAPI
+# would otherwise document them under the route's text/plain).
+_JSON_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
 @router.get("/builds/{build_id}/logs", response_class=PlainTextResponse,
-            summary="Build log from a byte offset (headers: X-Next-Offset, X-Build-State)")
+            summary="Build log from a byte offset (headers: X-Next-Offset, X-Build-State)",
+            responses={401: {"description": "No token, or an unknown, expired or revoked one", **_JSON_ERROR},
+                       404: {"description": "No such build of yours", **_JSON_ERROR},
+                       422: {"description": "Invalid input; the message names the field", **_JSON_ERROR}})
 def build_log(build_id: str, db: SessionDep, worker: WorkerDep, user: CurrentUser,
               offset: Annotated[int, Query(ge=0)] = 0) -> PlainTextResponse:
     text, next_offset, build = service.build_log(db, worker, user, build_id, offset)
