@@ -36,7 +36,11 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        # A pool as large as FastAPI's thread pool (40): with QueuePool's default 5 (+10 overflow)
+        # concurrent requests kept closing and reopening connections, each reopening paying the
+        # pragmas below (and waiting for a connection once more than 15 were busy).
+        engine = create_engine(url, pool_size=20, max_overflow=20,
+                               connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})

@@ -105,8 +105,13 @@ def authenticate(db: Session, token: str) -> User:
         raise NotAuthenticated("the account is disabled", hint="contact an administrator")
     if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
         record.last_used_at = now
-        db.commit()
-    return record.user
+    user = record.user
+    # End the transaction either way: it gives the pooled connection back. FastAPI runs the
+    # endpoint in another thread-pool hop; a request that kept its connection while waiting for
+    # a thread, with every thread waiting for a connection, stalled until the pool timeout (30 s)
+    # once more requests were in flight than the pool had connections.
+    db.commit()
+    return user
 
 
 def require_role(user: User, *roles: Role) -> None:
