@@ -24,7 +24,7 @@ from hpcwaas.cli import app as cli_app
 from hpcwaas.settings import Settings, get_settings
 from hpcwaas.stack.info import SiteInfo, StackInfo
 from hpcwaas.stack.site_users import authorize_key, revoke_key
-from tests.fixtures.gateway import Person, registered_site
+from tests.fixtures.gateway import Person, fresh_database, registered_site, seed_people
 from tests.fixtures.live import free_port, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.site, pytest.mark.vault]
@@ -46,16 +46,27 @@ def _wait(fetch: Any, done: Any, timeout: float, what: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway(settings: Settings, stack: StackInfo) -> Iterator[tuple[str, Settings]]:
+def gateway(settings: Settings, stack: StackInfo, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[str, Settings]]:
+    """A real gateway (HTTP: Airflow fetches the image from it) with its engine on, over a
+    database of its own, so records other tests left pending do not queue ahead of these."""
     if "postgresql" in (settings.database_url or ""):
         pytest.skip("the whole-stack run happens once, on the SQLite gateway database")
     if stack.airflow is None or stack.apptainer is None:
         pytest.fail("the stack needs Airflow and the Apptainer builder: make stack-up", pytrace=False)
     port = free_port()
-    live = settings.model_copy(update={"engine_in_gateway": True, "engine_poll_seconds": 0.3,
-                                       "public_url": f"http://127.0.0.1:{port}"})
-    with live_server(create_app(live), port) as url:
-        yield url, live
+    with fresh_database("sqlite", stack, tmp_path_factory.mktemp("e2e-db")) as db_url:
+        live = settings.model_copy(update={"database_url": db_url, "engine_in_gateway": True,
+                                           "engine_poll_seconds": 0.3, "public_url": f"http://127.0.0.1:{port}"})
+        with live_server(create_app(live), port) as url:
+            yield url, live
+
+
+@pytest.fixture(scope="module")
+def people(gateway: tuple[str, Settings]) -> dict[str, Person]:
+    """This module's users, in its own database, talking to the live gateway over HTTP."""
+    http = httpx.Client(base_url=gateway[0], timeout=60)
+    return seed_people(gateway[1].effective_database_url, http)  # type: ignore[arg-type]
 
 
 def _as(person: Person, url: str) -> httpx.Client:

@@ -17,9 +17,9 @@ from gateway.main import create_app
 from hpcwaas.settings import Settings
 from hpcwaas.slurm import JobState, Slurm
 from hpcwaas.ssh import SiteEndpoint, connect, generate_keypair
-from hpcwaas.stack.info import SiteInfo
+from hpcwaas.stack.info import SiteInfo, StackInfo
 from hpcwaas.stack.site_users import authorize_key, revoke_key
-from tests.fixtures.gateway import Person, registered_site
+from tests.fixtures.gateway import Person, fresh_database, kind_of, registered_site, seed_people
 
 pytestmark = [pytest.mark.site, pytest.mark.slow]
 FIXTURE = Path(__file__).parent / "fixtures" / "two-accounts"
@@ -38,21 +38,21 @@ def wait_for(fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def engine_client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"engine_in_gateway": True, "engine_poll_seconds": 0.2,
-                                                           "engine_workers": 2}))) as client:
-        yield client
-
-
-def _as(person: Person, client: TestClient) -> Person:
-    return Person(person.username, person.id, person.role, person.token, client)
+def engine_people(settings: Settings, stack: StackInfo, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Person]]:
+    """A gateway with its engine on, over a database of its own: records other tests leave
+    pending (with the engine off) must not queue ahead of these."""
+    with fresh_database(kind_of(database_url), stack, tmp_path_factory.mktemp("engine-db")) as url:
+        live = settings.model_copy(update={"database_url": url, "engine_in_gateway": True,
+                                           "engine_poll_seconds": 0.2, "engine_workers": 2})
+        with TestClient(create_app(live)) as client:
+            yield seed_people(url, client)
 
 
 @pytest.fixture(scope="module")
-def deployed(people: dict[str, Person], settings: Settings, site: SiteInfo,
-             engine_client: TestClient) -> Iterator[dict[str, Any]]:
-    dave, alice = _as(people["dave"], engine_client), _as(people["alice"], engine_client)
-    registered_site(people["admin"], site)
+def deployed(engine_people: dict[str, Person], settings: Settings, site: SiteInfo) -> Iterator[dict[str, Any]]:
+    dave, alice = engine_people["dave"], engine_people["alice"]
+    registered_site(engine_people["admin"], site)
     name = f"twoacc-{uuid.uuid4().hex[:6]}"
     folder = settings.registry_roots[0] / name
     shutil.copytree(FIXTURE, folder)
