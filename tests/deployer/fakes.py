@@ -103,6 +103,8 @@ class FakeSuspendableExecutor:
     def poll(self, request: OperationRequest, hooks: RunHooks) -> OperationResult | Waiting:
         self._enter()
         try:
+            # The engine's contract: a poll gets back what start remembered, never a bare memo.
+            assert "run_id" in request.memo, f"poll of {request.key} without the memo start saved"
             run = self.service.runs[request.memo["run_id"]]
             with self.service.lock:
                 run.polls += 1
