@@ -12,6 +12,8 @@ is the site's pinned one, written to a known_hosts file in the same directory, w
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import shutil
@@ -23,6 +25,28 @@ from pathlib import Path
 
 from data_logistics.errors import StagingError
 from hpcwaas.ssh import SiteEndpoint, parse_public_key
+
+# Cipher preference for the bulk streams: AES-GCM first (AES-NI makes it ~1.5-2x faster than
+# OpenSSH's default first choice, chacha20-poly1305, on x86 login nodes), then OpenSSH's own defaults,
+# so a server that negotiates with a default client negotiates with this list too.
+# HPCWAAS_PIPELINES_SSH_CIPHERS overrides it (an OpenSSH ``-c`` list).
+DEFAULT_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                   "aes128-ctr,aes192-ctr,aes256-ctr")
+
+
+def ciphers() -> str:
+    value = os.environ.get("HPCWAAS_PIPELINES_SSH_CIPHERS", "").strip() or DEFAULT_CIPHERS
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-@.")
+    if not all(c and c[0].isalnum() and set(c) <= allowed for c in value.split(",")):
+        raise StagingError("HPCWAAS_PIPELINES_SSH_CIPHERS must be a comma-separated list of cipher names")
+    return value
+
+
+def grow_pipe(fd: int, size: int = 1024 * 1024) -> None:
+    """Enlarge a pipe's buffer (64 KiB by default on Linux): fewer wake-ups per MiB streamed."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size, or not Linux
+        fcntl.fcntl(fd, setpipe, size)
 
 
 def available() -> bool:
@@ -67,12 +91,17 @@ class OpenSSHLink:
             "ssh", "-p", str(self.endpoint.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self._dir / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"IdentityAgent={self._sock}", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            "-F", "/dev/null", "-l", self.login, self.endpoint.host, "--", shlex.join(remote_argv),
+            "-c", ciphers(), "-F", "/dev/null", "-l", self.login, self.endpoint.host, "--", shlex.join(remote_argv),
         ]
 
-    def popen(self, remote_argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.argv(remote_argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self._env())
+    def popen(self, remote_argv: Sequence[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
+        """Start ``remote_argv`` on the site; its stdin is a pipe, or ``stdin`` (an open file
+        descriptor, e.g. a local file the ``ssh`` process then reads itself, with no copy through Python)."""
+        proc = subprocess.Popen(self.argv(remote_argv), stdin=subprocess.PIPE if stdin is None else stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env())
+        if proc.stdin is not None:
+            grow_pipe(proc.stdin.fileno())
+        return proc
 
     def close(self) -> None:
         if self._agent.poll() is None:

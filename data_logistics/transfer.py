@@ -342,17 +342,25 @@ class TreeSource(ABC):
 
 
 class _SinkWriter:
-    """A write-only file object that hands every write to a sink (tarfile writes into it)."""
+    """A write-only file object that hands the writes to a sink in CHUNK-sized blocks.
+
+    tarfile's own stream buffer concatenates ``bytes`` (quadratic with a large buffer), so it is
+    given a small one and the batching happens here, in a bytearray."""
 
     def __init__(self, sink: Callable[[bytes], None]) -> None:
         self._sink = sink
+        self._buf = bytearray()
 
     def write(self, data: Any) -> int:
-        self._sink(bytes(data))
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            self.flush()
         return len(data)
 
     def flush(self) -> None:
-        return None
+        if self._buf:
+            self._sink(bytes(self._buf))
+            self._buf.clear()
 
 
 class _HashingReader:
@@ -397,9 +405,9 @@ class LocalTree(TreeSource):
 
     def send_tar(self, files: list[TreeFile], sink: Callable[[bytes], None],
                  on_file: Callable[[TreeFile, str | None], None]) -> None:
-        stream = cast(IO[bytes], _SinkWriter(sink))
-        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
-                          bufsize=CHUNK) as tar:
+        writer = _SinkWriter(sink)
+        with tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|", format=tarfile.PAX_FORMAT,
+                          bufsize=tarfile.RECORDSIZE) as tar:
             for item in files:
                 path = self.root / item.rel
                 st = path.lstat()
@@ -409,6 +417,7 @@ class LocalTree(TreeSource):
                     reader = _HashingReader(fh)
                     tar.addfile(info, reader)
                 on_file(item, reader.digest.hexdigest())
+        writer.flush()  # the end-of-archive blocks, written when the tarfile closed
 
 
 class SiteTree(TreeSource):
@@ -528,6 +537,11 @@ class Destination(ABC):
     @abstractmethod
     def tar_writer(self, part_dir: str) -> Writer: ...
 
+    def file_writer_from_fd(self, part: str, offset: int, fd: int) -> _LocalProcessWriter | None:
+        """A writer whose process reads the data itself from ``fd`` (positioned at ``offset``),
+        with no copy through Python; None if this destination has no such path."""
+        return None
+
     @abstractmethod
     def sha256(self, path: str) -> str: ...
 
@@ -586,6 +600,10 @@ _STATE = (
 )
 
 
+# truncate drops whatever lies beyond the resume point; cat appends from there.
+_APPEND = 'truncate -s "$1" -- "$2" && exec cat >> "$2"'
+
+
 class SiteDestination(Destination):
     """A site user's work directory, reached over an open, host-key-verified session."""
 
@@ -610,8 +628,14 @@ class SiteDestination(Destination):
     def file_writer(self, part: str, offset: int) -> Writer:
         # truncate drops whatever lies beyond the resume point; cat appends from there. (Hashing
         # in the stream with tee halved the throughput on 2 cores; the file is hashed at rest after.)
-        argv = remote.sh('truncate -s "$1" -- "$2" && exec cat >> "$2"', str(offset), part)
+        argv = remote.sh(_APPEND, str(offset), part)
         return self._writer(argv, "writing the file")
+
+    def file_writer_from_fd(self, part: str, offset: int, fd: int) -> _LocalProcessWriter | None:
+        if self.link is None:
+            return None
+        argv = remote.sh(_APPEND, str(offset), part)
+        return _LocalProcessWriter(None, "writing the file", self.link.popen(argv, stdin=fd))
 
     def tar_writer(self, part_dir: str) -> Writer:
         argv = remote.sh('mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner', part_dir)
@@ -668,7 +692,19 @@ class _LocalProcessWriter(Writer):
                                       f"{err.decode(errors='replace').strip()[-500:]}", exit_code=self._proc.returncode)
         return out.decode(errors="replace")
 
+    def running(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True while the process still runs."""
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
     def abort(self) -> None:
+        if self._proc.stdin is None:  # it reads a file itself: it would send the rest; stop it
+            self._proc.kill()
+            self._proc.communicate()
+            return
         # As for the paramiko writer: let the far side finish what it received before a resume.
         try:
             self._proc.communicate(timeout=30)
@@ -783,6 +819,57 @@ class TransferResult:
         return asdict(self)
 
 
+def _direct_fd_source(source: FileSource, destination: Destination) -> bool:
+    """Whether ``ssh`` can read the local source file itself (no copy of the bytes through Python).
+
+    Only for a plain :class:`LocalFile` (a subclass that changes how it is read keeps the
+    chunked path) going to a destination with such a writer (a site reached through OpenSSH)."""
+    return (isinstance(source, LocalFile) and type(source).open is LocalFile.open
+            and type(destination).file_writer_from_fd is not Destination.file_writer_from_fd
+            and getattr(destination, "link", None) is not None)
+
+
+def _send_local_file(source: LocalFile, destination: Destination, part: str, offset: int, hash_it: bool,
+                     report: _Reporter) -> tuple[str | None, int]:
+    """Stream a local file from ``offset`` with the file itself as ``ssh``'s stdin; (sha256, end offset).
+
+    The ``ssh`` process shares the open file description, so its read position (``lseek`` on our
+    descriptor) is the progress. The source hash, when wanted, is computed by a thread reading the
+    same file at the same time (from the page cache): if the file changed while it was sent, the
+    two reads differ and the destination's hash will not match, so the transfer fails."""
+    fd = os.open(source.path, os.O_RDONLY)
+    hashed: list[str] = []
+    hasher: threading.Thread | None = None
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        writer = destination.file_writer_from_fd(part, offset, fd)
+        assert writer is not None
+        if hash_it:
+            hasher = threading.Thread(target=lambda: hashed.append(sha256_file(source.path)), daemon=True)
+            hasher.start()
+        report.state.bytes_done = seen = offset
+        try:
+            interval = 0.002  # fine until the first byte (its time is measured), then 4 times a second
+            while writer.running(interval):
+                now = os.lseek(fd, 0, os.SEEK_CUR)
+                if now > seen:
+                    report.add(now - seen)
+                    seen, interval = now, 0.25
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        report.add(end - seen)
+    finally:
+        os.close(fd)
+        if hasher is not None:
+            hasher.join()
+    if hash_it and not hashed:
+        raise SourceUnavailable(f"cannot read {source.path} to hash it", path=str(source.path))
+    return (hashed[0] if hashed else None), end
+
+
 def copy_file(
     source: FileSource,
     destination: Destination,
@@ -816,29 +903,42 @@ def copy_file(
     if offset and not can_rehash:
         offset = 0
     report.phase("transferring")
-    streamed = _BackgroundHash()
+    # The worker hashes the stream only when nothing else vouches for the source: a declared
+    # checksum (catalogue, image digest) stands for the source, and the destination, hashed at rest
+    # on the site, must match it.
+    hash_stream = declared is None
     resumed_from: int | None = None
-    written_hash = ""
+    at_source_stream: str | None = None
+    direct = _direct_fd_source(source, destination)
+    if direct:
+        assert isinstance(source, LocalFile)
+        resumed_from = offset
+        at_source_stream, offset = _send_local_file(source, destination, state.part, offset,
+                                                    hash_stream and offset == 0, report)
     attempt = 0
-    while True:
+    streamed = _BackgroundHash() if hash_stream and not direct else None
+    while not direct:
         writer = destination.file_writer(state.part, offset)
         try:
             with source.open(offset) as (honoured, chunks):
                 if honoured != offset:  # the server ignored Range: start over
                     writer.abort()
-                    streamed.hexdigest()
-                    offset, resumed_from, streamed = 0, 0, _BackgroundHash()
+                    if streamed is not None:
+                        streamed.hexdigest()
+                        streamed = _BackgroundHash()
+                    offset, resumed_from = 0, 0
                     writer = destination.file_writer(state.part, 0)
                 if resumed_from is None:
                     resumed_from = offset
                 report.state.bytes_done = offset
+                feed = streamed if resumed_from == 0 else None
                 for chunk in chunks:
                     writer.write(chunk)
-                    if resumed_from == 0:
-                        streamed.update(chunk)
+                    if feed is not None:
+                        feed.update(chunk)
                     offset += len(chunk)
                     report.add(len(chunk))
-            written_hash = writer.finish().split(" ", 1)[0].strip() if attempt == 0 else ""
+            writer.finish()
             break
         except SourceUnavailable:
             # A dropped download resumes from what has been written, a few times.
@@ -850,20 +950,28 @@ def copy_file(
             time.sleep(min(2**attempt, 10))
         except BaseException:
             writer.abort()
-            streamed.hexdigest()  # stop the hashing thread
+            if streamed is not None:
+                streamed.hexdigest()  # stop the hashing thread
             raise
+    if streamed is not None:
+        digest = streamed.hexdigest()  # also stops the hashing thread
+        if resumed_from == 0:
+            at_source_stream = digest
     report.phase("verifying")
-    # A destination writer may report the hash of what it wrote; otherwise the file is read at rest.
-    at_destination = written_hash if resumed_from == 0 and len(written_hash) == 64 else destination.sha256(state.part)
-    if resumed_from == 0:
-        at_source = streamed.hexdigest()
-    else:
-        at_source = source.sha256_at_rest() or declared or ""
+    # The destination is read back at rest on the site: what is compared is what landed on its disk.
+    at_destination = destination.sha256(state.part)
     problem = None
-    if declared is not None and at_source != declared:
-        problem = f"the source {source.label} hashes to {at_source}, not to the declared sha256 {declared}"
-    elif at_destination != at_source:
-        problem = f"the copy at {state.final} hashes to {at_destination}, the source to {at_source}"
+    if declared is not None:
+        if at_destination != declared:
+            problem = (f"the copy at {state.final} hashes to {at_destination}, not to the declared sha256 {declared} "
+                       f"of {source.label}")
+            # Tell a source that does not match its declaration from a transfer that broke it.
+            if isinstance(source, LocalFile | SiteFile) and source.sha256_at_rest() != declared:
+                problem = f"the source {source.label} does not match the declared sha256 {declared}"
+    else:
+        at_source = at_source_stream if resumed_from == 0 else source.sha256_at_rest()
+        if at_destination != at_source:
+            problem = f"the copy at {state.final} hashes to {at_destination}, the source to {at_source}"
     if problem:
         destination.remove(state.part)
         raise ChecksumMismatch(f"corrupted transfer: {problem}; the partial data was removed",
