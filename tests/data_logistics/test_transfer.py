@@ -301,3 +301,73 @@ def test_openssh_link_refuses_a_wrong_host_key(site, site_key, tmp_path: Path) -
         with pytest.raises(RemoteCommandFailed):
             writer.finish()
     assert not list(Path(lk._dir).parent.glob(lk._dir.name))  # agent directory removed
+
+
+def test_openssh_link_reads_a_local_file_itself_with_progress(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain local file is ssh's own stdin: no chunk goes through Python, progress still moves."""
+    digest = make_file(tmp_path / "f.bin", 40 * MiB, seed=31)
+
+    def no_chunks(self: LocalFile, offset: int) -> None:
+        raise AssertionError("the direct path must not read the file through Python")
+
+    monkeypatch.setattr(LocalFile, "open", no_chunks)
+    seen: list[Progress] = []
+    result = copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir, link), "f.bin",
+                       progress=seen.append)
+    assert result.sha256 == digest and result.size == 40 * MiB and result.first_byte_at is not None
+    assert _remote_sha(session, f"{work_dir}/f.bin") == digest
+    done = [p.bytes_done for p in seen]
+    assert done == sorted(done) and done[-1] == 40 * MiB and seen[-1].phase == "done"
+
+
+def test_openssh_link_detects_a_corrupted_partial_file_on_resume(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink) -> None:
+    make_file(tmp_path / "f.bin", 8 * MiB, seed=32)
+    dest = SiteDestination(session, work_dir, link)
+    with pytest.raises(ConnectionResetError):
+        copy_file(_Dropping(tmp_path / "f.bin", 4 * MiB), dest, "f.bin")
+    session.run(["sh", "-c", 'printf XXXX | dd of="$1" bs=1 seek=1000 conv=notrunc 2>/dev/null', "sh",
+                 f"{work_dir}/.f.bin.hpcwaas-part"], check=True)
+    with pytest.raises(ChecksumMismatch, match="corrupted transfer"):
+        copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")  # the direct path, resumed
+    assert _listing(session, work_dir) == []
+
+
+def test_a_declared_checksum_spares_the_worker_hash_and_is_checked_at_the_destination(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = make_file(tmp_path / "f.bin", 6 * MiB, seed=33)
+
+    def no_hash(*args: object) -> None:
+        raise AssertionError("the worker hashed the source although a checksum was declared")
+
+    monkeypatch.setattr(transfer, "sha256_file", no_hash)
+    monkeypatch.setattr(transfer._BackgroundHash, "update", no_hash)
+    for dest, name in ((SiteDestination(session, work_dir, link), "via-openssh.bin"),
+                       (SiteDestination(session, work_dir), "via-paramiko.bin")):
+        result = copy_file(LocalFile(tmp_path / "f.bin", declared_sha256=digest), dest, name)
+        assert result.sha256 == digest and _remote_sha(session, result.path) == digest
+    monkeypatch.undo()
+    # A wrong declaration fails, and says the source is what differs from it.
+    with pytest.raises(ChecksumMismatch, match="does not match the declared sha256"):
+        copy_file(LocalFile(tmp_path / "f.bin", declared_sha256="1" * 64),
+                  SiteDestination(session, work_dir, link), "wrong.bin")
+    assert "wrong.bin" not in " ".join(_listing(session, work_dir))
+
+
+def test_bulk_ssh_ciphers_can_be_chosen_but_not_injected(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_logistics import openssh
+    from data_logistics.errors import StagingError
+
+    assert link.argv(["true"])[link.argv(["true"]).index("-c") + 1] == openssh.DEFAULT_CIPHERS
+    digest = make_file(tmp_path / "f.bin", 1 * MiB, seed=34)
+    monkeypatch.setenv("HPCWAAS_PIPELINES_SSH_CIPHERS", "chacha20-poly1305@openssh.com")
+    assert copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir, link), "c.bin").sha256 == digest
+    for bad in ("aes128-ctr -oProxyCommand=x", "-oProxyCommand=x", "aes128-ctr,,", "aes;id"):
+        monkeypatch.setenv("HPCWAAS_PIPELINES_SSH_CIPHERS", bad)
+        with pytest.raises(StagingError):
+            link.argv(["true"])
