@@ -447,6 +447,11 @@ def accept_bench(args: argparse.Namespace, workdir: Path, dbs: Databases) -> Non
     ratio = ours.rate / bare.rate
     print(f"throughput ratio gateway/bare: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}); "
           f"gateway p99 {ours.p(99):.1f} ms (target < 100: {'met' if ours.p(99) < 100 else 'NOT met'})")
+    # Little's law: with every client always waiting on a request, mean latency = clients / rate.
+    print(f"with {args.concurrency} clients always in flight, the mean latency is {args.concurrency}/rate: "
+          f"{1000 * args.concurrency / ours.rate:.0f} ms at the gateway's rate, "
+          f"{1000 * args.concurrency / bare.rate:.0f} ms at the bare endpoint's; a p99 under 100 ms needs "
+          f"more than {args.concurrency * 10} req/s")
 
 
 # --- (2) a no-op workflow end to end ---------------------------------------------------------------

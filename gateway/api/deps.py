@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from gateway.core.config import Settings
 from gateway.errors import NotAuthenticated
 from gateway.persistence.models import Role, User
+from gateway.persistence.writer import GroupCommitWriter
 from gateway.services import users as user_service
 from hpcwaas.vault import Vault
 
+P = ParamSpec("P")
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="An API token: 'Authorization: Bearer hpcw_...'")
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that only read app state are ``async def``: a plain ``def`` costs a thread-pool hop.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -28,12 +33,18 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_vault(request: Request) -> Vault:
+async def get_vault(request: Request) -> Vault:
     vault: Vault = request.app.state.vault
     return vault
 
 
+async def get_writer(request: Request) -> GroupCommitWriter:
+    writer: GroupCommitWriter = request.app.state.writer
+    return writer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Writer = Annotated[GroupCommitWriter, Depends(get_writer)]
 SessionDep = Annotated[Session, Depends(get_db)]
 VaultDep = Annotated[Vault, Depends(get_vault)]
 
@@ -47,6 +58,25 @@ def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+BearerToken = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def as_user(request: Request, credentials: HTTPAuthorizationCredentials | None,
+                  fn: Callable[Concatenate[Session, User, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Authenticate and call ``fn(db, user, ...)`` in one worker-thread hop, on one session.
+
+    For the hot endpoints (``async def`` routes taking a ``BearerToken``): the session, user and
+    sync-endpoint dependencies each cost a thread-pool hop, and response validation of a sync
+    endpoint another, a third of the gateway's CPU per invocation (bench/invoke.py). ``fn`` must
+    return what it needs loaded: the session is closed when the hop ends.
+    """
+    sessions = request.app.state.sessions
+
+    def call() -> T:
+        with sessions() as db:
+            return fn(db, current_user(db, credentials), *args, **kwargs)
+
+    return await run_in_threadpool(call)
 
 
 def optional_user(

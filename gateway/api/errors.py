@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from catalogue import api as catalogue_api
 from data_logistics import errors as dl
 from deployer import errors as deployer_errors
 from gateway import errors as gw
@@ -23,8 +24,10 @@ from hpcwaas import errors as common
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the first matching class decides the status.
+# Most specific first: the first matching class decides the status. The catalogue keeps its
+# own table (it shares no classes with the others) and joins this one here.
 STATUS: list[tuple[type[common.HpcwaasError], int]] = [
+    *catalogue_api.STATUS,
     (gw.NotAuthenticated, 401),
     (gw.PermissionDenied, 403),
     (gw.NotFound, 404),

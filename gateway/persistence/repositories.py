@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gateway.persistence.models import ApiToken, Role, Site, SSHKey, User
+
+# Built once: every request authenticates, and building a statement (operators, coercions, its
+# cache key) cost more CPU than running it (bench/invoke.py profile).
+_TOKEN_BY_HASH = select(ApiToken).where(ApiToken.token_hash == bindparam("token_hash"))
 
 
 def user_by_id(db: Session, user_id: str) -> User | None:
@@ -31,7 +35,7 @@ def first_admin(db: Session) -> User | None:
 
 
 def token_by_hash(db: Session, token_hash: str) -> ApiToken | None:
-    return db.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
+    return db.scalar(_TOKEN_BY_HASH, {"token_hash": token_hash})
 
 
 def token_by_id(db: Session, token_id: str) -> ApiToken | None:

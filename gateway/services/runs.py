@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -136,50 +136,63 @@ def undeploy(db: Session, user: User, deployment_id: str) -> Deployment:
     return deployment
 
 
-def _pick_deployment(db: Session, user: User, workflow_id: str, data: ExecutionCreate) -> Deployment:
+# Built once (statement construction showed up in the invoke profile): the deployments ready to
+# run a workflow, newest first, with the TOSCA workflows their version declares.
+_READY_DEPLOYMENTS = (select(Deployment, WorkflowVersion.workflows)
+                      .join(WorkflowVersion, WorkflowVersion.id == Deployment.version_id)
+                      .where(Deployment.workflow_id == bindparam("workflow_id"),
+                             Deployment.state == DeploymentState.DEPLOYED, Deployment.target == "deployed")
+                      .order_by(Deployment.created_at.desc()).limit(1))
+
+
+def _pick_deployment(db: Session, user: User, workflow_id: str,
+                     data: ExecutionCreate) -> tuple[Deployment, dict[str, Any]]:
+    """The deployment to run and the TOSCA workflows its version declares (one query when picked)."""
     if data.deployment is not None:
         deployment = get_deployment(db, user, data.deployment)
         if deployment.workflow_id != workflow_id:
             raise InvalidInput(f"deployment {data.deployment!r} is not a deployment of this workflow",
                                field="deployment")
+        declared = db.scalar(select(WorkflowVersion.workflows).where(WorkflowVersion.id == deployment.version_id))
     else:
-        query = select(Deployment).where(Deployment.workflow_id == workflow_id,
-                                         Deployment.state == DeploymentState.DEPLOYED,
-                                         Deployment.target == "deployed")
+        query = _READY_DEPLOYMENTS
         if data.site is not None:
             query = query.where(Deployment.site_id == site_service.get(db, data.site).id)
-        found = db.scalars(query.order_by(Deployment.created_at.desc()).limit(1)).first()
+        found = db.execute(query, {"workflow_id": workflow_id}).first()
         if found is None:
             where = f" on site {data.site!r}" if data.site else ""
             raise Conflict(f"this workflow has no deployment{where} ready to run",
                            hint="ask its developer to deploy it (waas workflows deploy)")
-        deployment = found
+        deployment, declared = found
     if deployment.state != DeploymentState.DEPLOYED or deployment.target != "deployed":
         raise Conflict(f"deployment {deployment.id} is {deployment.state.value}, not deployed",
                        hint="wait until it is deployed, or pick another deployment")
-    return deployment
+    return deployment, dict(declared or {})
 
 
 def create_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
-    """Accept an invocation: inputs checked, caller's own key, a deployed deployment."""
+    """Accept an invocation and persist it (the REST route batches the insert instead)."""
+    execution = new_execution(db, user, workflow_ref, data)
+    db.add(execution)
+    db.commit()
+    return execution
+
+
+def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
+    """A checked, not yet persisted invocation: inputs checked, caller's own key, a deployed deployment."""
     workflow = workflow_service.get_visible(db, user, workflow_ref)
-    deployment = _pick_deployment(db, user, workflow.id, data)
-    version = db.get(WorkflowVersion, deployment.version_id)
-    assert version is not None
-    declared = version.workflows.get(data.workflow_name)
+    deployment, workflows = _pick_deployment(db, user, workflow.id, data)
+    declared = workflows.get(data.workflow_name)
     if declared is None:
         raise InvalidInput(f"workflow {workflow.name!r} has no TOSCA workflow {data.workflow_name!r}",
-                           hint=f"it has: {', '.join(sorted(version.workflows)) or 'none'}",
+                           hint=f"it has: {', '.join(sorted(workflows)) or 'none'}",
                            field="workflow_name")
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, f"{workflow.name}/{data.workflow_name}")
     key = key_service.get_owned(db, user, data.ssh_key)
     login = key_service.resolve_login(key, data.login)
-    execution = Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,
-                          ssh_key_id=key.id, login=login, workflow_name=data.workflow_name, inputs=inputs,
-                          state=ExecutionState.PENDING, wake_at=utcnow())
-    db.add(execution)
-    db.commit()
-    return execution
+    return Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,
+                     ssh_key_id=key.id, login=login, workflow_name=data.workflow_name, inputs=inputs,
+                     state=ExecutionState.PENDING, wake_at=utcnow())
 
 
 def get_execution(db: Session, user: User, execution_id: str) -> Execution:

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fastapi import UploadFile
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -309,9 +309,14 @@ def can_see(workflow: Workflow, user: User) -> bool:
     return user.username in workflow.allowed_users or bool(set(user.groups or []) & set(workflow.allowed_groups))
 
 
+_BY_ID_OR_NAME = select(Workflow).where(or_(Workflow.id == bindparam("ref"), Workflow.name == bindparam("ref")))
+
+
 def get_visible(db: Session, user: User, ref: str) -> Workflow:
     """A workflow by id or name that the user may see (others are reported as absent)."""
-    workflow = db.get(Workflow, ref) or db.scalar(select(Workflow).where(Workflow.name == ref))
+    # One query for either; when a name equals another workflow's id, the id wins.
+    found = db.scalars(_BY_ID_OR_NAME, {"ref": ref}).all()
+    workflow = next((w for w in found if w.id == ref), found[0] if found else None)
     if workflow is None or not can_see(workflow, user):
         raise NotFound(f"workflow {ref!r} does not exist", hint="list workflows with 'waas workflows list'")
     return workflow

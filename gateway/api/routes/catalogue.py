@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from catalogue import api as catalogue_api
 from catalogue import web as catalogue_web
 from catalogue.service import Principal
-from gateway.api import errors
 from gateway.api.deps import CurrentUser, OptionalUser, get_db
 from gateway.persistence.models import Role, User
 from gateway.services import users as user_service
@@ -39,6 +38,3 @@ router.include_router(catalogue_api.make_router(
     session=get_db, current_principal=current_principal, optional_principal=optional_principal
 ))
 router.include_router(catalogue_web.make_router(session=get_db, authenticate=authenticate))
-
-# The catalogue's errors join the gateway's one status table (they share no classes with it).
-errors.STATUS[:0] = [entry for entry in catalogue_api.STATUS if entry not in errors.STATUS]

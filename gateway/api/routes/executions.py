@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gateway.api.deps import CurrentUser, SessionDep
+from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user
 from gateway.persistence.models import ExecutionState
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
@@ -18,8 +18,12 @@ router = APIRouter(tags=["executions"])
 
 @router.post("/workflows/{ref}/executions", response_model=ExecutionOut, status_code=202,
              summary="Invoke a deployed workflow with inputs and your SSH key")
-def invoke(ref: str, data: ExecutionCreate, response: Response, db: SessionDep, user: CurrentUser) -> ExecutionOut:
-    execution = service.create_execution(db, user, ref, data)
+async def invoke(ref: str, data: ExecutionCreate, request: Request, response: Response, token: BearerToken,
+                 writer: Writer) -> ExecutionOut:
+    # The hot path: token and checks in one thread-pool hop, then the insert shares a commit
+    # with the invocations arriving at the same time (answered once committed).
+    execution = await as_user(request, token, service.new_execution, ref, data)
+    await writer.add(execution)
     response.headers["Location"] = f"/executions/{execution.id}"
     return ExecutionOut.model_validate(execution)
 
