@@ -6,9 +6,10 @@ from datetime import datetime
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user
-from gateway.persistence.models import ExecutionState
+from gateway.persistence.models import ExecutionState, User
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
 from gateway.services import runs as service
@@ -39,7 +40,12 @@ def list_executions(db: SessionDep, user: CurrentUser, state: ExecutionState | N
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionOut, summary="State, steps, timings, outputs")
-def show(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut:
+async def show(execution_id: str, request: Request, token: BearerToken) -> ExecutionOut:
+    # Polled by every follower (`waas run --follow`): one thread-pool hop, like invoke.
+    return await as_user(request, token, _show, execution_id)
+
+
+def _show(db: Session, user: User, execution_id: str) -> ExecutionOut:
     return ExecutionOut.model_validate(service.get_execution(db, user, execution_id))
 
 
