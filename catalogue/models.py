@@ -96,21 +96,35 @@ class Dataset(Base):
 
 
 class DatasetKeyword(Base):
-    """One keyword of a dataset (normalised), for exact keyword filters."""
+    """One keyword of a dataset (normalised), for exact keyword filters.
+
+    It also carries copies of its dataset's sort keys (title, created, modified; kept equal by
+    catalogue.service, migration 0006), so a keyword listing walks that keyword's entries already
+    in the page's order instead of reading and sorting every dataset with the keyword."""
 
     __tablename__ = "catalogue_dataset_keywords"
+    __table_args__ = (
+        Index("ix_catalogue_dataset_keywords_modified", "keyword", "modified_at", "dataset_pk"),
+        Index("ix_catalogue_dataset_keywords_created", "keyword", "created_at", "dataset_pk"),
+        Index("ix_catalogue_dataset_keywords_title", "keyword", "title", "dataset_pk"),
+    )
 
     dataset_pk: Mapped[int] = mapped_column(ForeignKey("catalogue_datasets.pk", ondelete="CASCADE"), primary_key=True)
-    keyword: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    keyword: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column()
+    modified_at: Mapped[datetime] = mapped_column()
 
 
 class DatasetReader(Base):
     """A user allowed to read a restricted dataset besides its owner and the admins."""
 
     __tablename__ = "catalogue_dataset_readers"
+    # Covers "the datasets this user was granted" (migration 0006).
+    __table_args__ = (Index("ix_catalogue_dataset_readers_username_pk", "username", "dataset_pk"),)
 
     dataset_pk: Mapped[int] = mapped_column(ForeignKey("catalogue_datasets.pk", ondelete="CASCADE"), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class DatasetVersion(Base):

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, bindparam, func, literal_column, select, text
+from sqlalchemy import CTE, ColumnElement, Select, bindparam, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from catalogue.errors import InvalidQuery
@@ -72,24 +72,39 @@ class Match:
     condition: ColumnElement[bool] | None = None
 
 
-def match(dialect: str, terms: list[str]) -> Match:
-    """The search source, condition and ranking for a dialect."""
+def match(dialect: str, terms: list[str], window: int | None = None) -> Match:
+    """The search source, condition and ranking for a dialect.
+
+    ``window`` (SQLite): keep only the best ``window`` matches, ordered by (score, rowid), in the
+    source. Scoring every match is the price of exact bm25 ranking, but then only the window is
+    joined to the datasets and filtered, instead of every match: a caller that gets fewer rows than
+    it needs asks again with a wider window (see ``catalogue.service``). None keeps every match."""
     if dialect == "sqlite":
         # The matches are scored once, in C, in a materialised CTE that drives the query: the
         # planner never probes the index row by row from another table's scan.
-        hits = (
-            select(literal_column("rowid").label("pk"), literal_column(_BM25).label("score"))
+        score: ColumnElement[Any] = literal_column(_BM25).label("score")
+        hits: Select[Any] = (
+            select(literal_column("rowid").label("pk"), score)
             .select_from(text(FTS_TABLE))
             .where(literal_column(FTS_TABLE).op("MATCH")(bindparam("fts_q", fts5_query(terms))))
-            .cte("search_hits")
-            .prefix_with("MATERIALIZED")
         )
-        return Match(rank=hits.c.score, source=hits)
+        if window is not None:
+            # SQLite keeps only the best `window` rows while sorting (a bounded sorter).
+            hits = hits.order_by(literal_column("score"), literal_column("rowid")).limit(window)
+        source = hits.cte("search_hits").prefix_with("MATERIALIZED")
+        return Match(rank=source.c.score, source=source)
     if dialect == "postgresql":
         query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("ts_q", tsquery(terms)))
         document: ColumnElement[Any] = literal_column(PG_DOCUMENT)
         return Match(rank=-func.ts_rank(document, query), condition=document.op("@@")(query))
     raise InvalidQuery(f"full-text search is not available on {dialect}")
+
+
+def count_up_to(session: Session, terms: list[str], limit: int) -> int:
+    """How many datasets match (SQLite), counting no further than ``limit``: cheap, nothing is scored."""
+    inner: Select[Any] = (select(literal_column("rowid")).select_from(text(FTS_TABLE))
+             .where(literal_column(FTS_TABLE).op("MATCH")(bindparam("fts_q", fts5_query(terms)))).limit(limit))
+    return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
 
 
 def rebuild(session: Session) -> None:
@@ -102,19 +117,26 @@ def rebuild(session: Session) -> None:
     session.commit()
 
 
-def _pattern(terms: list[str]) -> re.Pattern[str]:
-    # Word-start prefix matches, as the index matches them.
+def pattern(terms: list[str]) -> re.Pattern[str]:
+    """What highlight and snippet look for: the terms as word-start prefixes, as the index matches them."""
     alternatives = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
     return re.compile(rf"(?<![^\W_])(?:{alternatives})[^\W_]*", re.IGNORECASE)
 
 
-def highlight(value: str, terms: list[str]) -> str:
-    """The text HTML-escaped, with the matching words wrapped in <mark>."""
-    if not terms or not value:
+def _as_pattern(terms: list[str] | re.Pattern[str]) -> re.Pattern[str] | None:
+    if isinstance(terms, re.Pattern):
+        return terms
+    return pattern(terms) if terms else None
+
+
+def highlight(value: str, terms: list[str] | re.Pattern[str]) -> str:
+    """The text HTML-escaped, with the matching words wrapped in <mark> (terms, or their pattern())."""
+    found = _as_pattern(terms)
+    if found is None or not value:
         return html.escape(value)
     out: list[str] = []
     last = 0
-    for m in _pattern(terms).finditer(value):
+    for m in found.finditer(value):
         out.append(html.escape(value[last:m.start()]))
         out.append(f"<mark>{html.escape(m.group(0))}</mark>")
         last = m.end()
@@ -122,9 +144,10 @@ def highlight(value: str, terms: list[str]) -> str:
     return "".join(out)
 
 
-def snippet(value: str, terms: list[str], width: int = 240) -> str:
+def snippet(value: str, terms: list[str] | re.Pattern[str], width: int = 240) -> str:
     """Up to ``width`` characters around the first match, HTML-escaped and highlighted."""
-    first = _pattern(terms).search(value) if terms else None
+    found = _as_pattern(terms)
+    first = found.search(value) if found is not None else None
     start = 0 if first is None else max(0, first.start() - width // 3)
     if start:
         space = value.rfind(" ", 0, start)
@@ -132,4 +155,5 @@ def snippet(value: str, terms: list[str], width: int = 240) -> str:
     piece = value[start:start + width]
     prefix = "…" if start else ""
     suffix = "…" if start + width < len(value) else ""
-    return html.escape(prefix) + highlight(piece, terms) + html.escape(suffix)
+    return html.escape(prefix) + (highlight(piece, found) if found is not None else html.escape(piece)) \
+        + html.escape(suffix)
