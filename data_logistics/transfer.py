@@ -25,6 +25,7 @@ throttled to a few calls per second.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import queue
@@ -41,13 +42,14 @@ from typing import IO, Any, cast
 
 import httpx
 
-from data_logistics import remote
+from data_logistics import openssh, remote
 from data_logistics.errors import (
     ChecksumMismatch,
     DestinationExists,
     InvalidTransfer,
     PathOutsideWorkDir,
     SourceUnavailable,
+    StagingError,
 )
 from data_logistics.openssh import OpenSSHLink
 from hpcwaas.errors import RemoteCommandFailed, SSHError
@@ -383,18 +385,33 @@ class LocalTree(TreeSource):
         self.skipped: list[str] = []
 
     def files(self) -> list[TreeFile]:
+        """Depth-first, sorted by name (a directory's files before its subdirectories, like os.walk);
+        one ``lstat`` per file (``scandir`` gives the type)."""
         found: list[TreeFile] = []
-        for dirpath, dirnames, names in os.walk(self.root, followlinks=False):
-            dirnames.sort()
-            for name in sorted(names):
-                path = Path(dirpath) / name
-                rel = path.relative_to(self.root).as_posix()
-                st = path.lstat()
-                if path.is_symlink() or not path.is_file():
+        pending: list[tuple[str, str]] = [(str(self.root), "")]
+        while pending:
+            dirpath, prefix = pending.pop()
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            subdirs = []
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append((entry.path, rel + "/"))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(TreeFile(rel, entry.stat(follow_symlinks=False).st_size))
+                else:  # symbolic links (to files or directories), sockets, devices...
                     self.skipped.append(rel)
-                    continue
-                found.append(TreeFile(rel, st.st_size))
+            pending.extend(reversed(subdirs))
         return found
+
+    def tar_argv(self) -> list[str]:
+        """GNU tar writing the files named (NUL-separated) on its stdin, as they are, to stdout; the
+        verbose listing (one line per file, on stderr since the archive is on stdout) is the progress.
+        Same metadata as the tarfile path: mode without set-id/sticky/group-other write, owner 0."""
+        return ["tar", "-c", "-f", "-", "-C", str(self.root), "--format=gnu", "--no-recursion", "--owner=0",
+                "--group=0", "--numeric-owner", "--mode=go-w,a-st", "--null", "--verbatim-files-from",
+                "--no-unquote", "-v", "-T", "-"]
 
     def manifest(self) -> dict[str, str]:
         return {f.rel: sha256_file(self.root / f.rel) for f in self.files()}
@@ -542,6 +559,10 @@ class Destination(ABC):
         with no copy through Python; None if this destination has no such path."""
         return None
 
+    def tar_writer_from_fd(self, part_dir: str, fd: int) -> _LocalProcessWriter | None:
+        """As :meth:`tar_writer`, the tar stream read by the process itself from ``fd`` (a pipe)."""
+        return None
+
     @abstractmethod
     def sha256(self, path: str) -> str: ...
 
@@ -602,6 +623,7 @@ _STATE = (
 
 # truncate drops whatever lies beyond the resume point; cat appends from there.
 _APPEND = 'truncate -s "$1" -- "$2" && exec cat >> "$2"'
+_UNTAR = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner'
 
 
 class SiteDestination(Destination):
@@ -638,8 +660,13 @@ class SiteDestination(Destination):
         return _LocalProcessWriter(None, "writing the file", self.link.popen(argv, stdin=fd))
 
     def tar_writer(self, part_dir: str) -> Writer:
-        argv = remote.sh('mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner', part_dir)
-        return self._writer(argv, "unpacking the tar stream")
+        return self._writer(remote.sh(_UNTAR, part_dir), "unpacking the tar stream")
+
+    def tar_writer_from_fd(self, part_dir: str, fd: int) -> _LocalProcessWriter | None:
+        if self.link is None:
+            return None
+        return _LocalProcessWriter(None, "unpacking the tar stream", self.link.popen(remote.sh(_UNTAR, part_dir),
+                                                                                     stdin=fd))
 
     def sha256(self, path: str) -> str:
         return remote_sha256(self.session, path)
@@ -986,6 +1013,104 @@ def copy_file(
     )
 
 
+@functools.cache
+def _gnu_tar() -> bool:
+    """Whether the local ``tar`` is GNU tar >= 1.29 (``--verbatim-files-from``)."""
+    try:
+        out = subprocess.run(["tar", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    first = out.splitlines()[0] if out else ""
+    if "GNU tar" not in first:
+        return False
+    try:
+        major, minor = (int(x) for x in first.rsplit(" ", 1)[-1].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 29)
+
+
+def _direct_tar(source: TreeSource, destination: Destination) -> bool:
+    """Whether a local tree can go as ``tar -c`` piped straight into ``ssh`` (no byte through Python)."""
+    return (isinstance(source, LocalTree) and type(source).send_tar is LocalTree.send_tar
+            and type(destination).tar_writer_from_fd is not Destination.tar_writer_from_fd
+            and getattr(destination, "link", None) is not None and _gnu_tar())
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except OSError:  # the reader died: its exit status tells why
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def _send_local_tree(source: LocalTree, destination: Destination, part_dir: str, files: list[TreeFile],
+                     expected: dict[str, str], report: _Reporter) -> None:
+    """``tar -c`` (local) | ``ssh ... tar -x`` (site), the pipe between the two processes only.
+
+    Meanwhile the worker hashes each file at rest (into ``expected``); the destination is hashed
+    at rest too once unpacked, so a file that changed while it was sent fails the transfer. tar's
+    verbose listing counts the files sent."""
+    tar = subprocess.Popen(source.tar_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None
+    writer: _LocalProcessWriter | None = None
+    sent = [0]
+    messages: list[bytes] = []
+
+    def listing() -> None:
+        assert tar.stderr is not None
+        for line in tar.stderr:
+            if line.startswith(b"tar: "):
+                messages.append(line)
+            else:
+                sent[0] += 1
+
+    reader = threading.Thread(target=listing, daemon=True)
+    reader.start()
+    try:
+        openssh.grow_pipe(tar.stdout.fileno())
+        writer = destination.tar_writer_from_fd(part_dir, tar.stdout.fileno())
+        assert writer is not None
+        tar.stdout.close()  # ssh holds its own copy: tar sees EPIPE if ssh dies
+        names = threading.Thread(target=_feed, args=(tar.stdin, b"".join(f.rel.encode() + b"\0" for f in files)),
+                                 daemon=True)
+        names.start()  # tar reads the names as it goes: hash meanwhile
+        for item in files:
+            if item.rel not in expected:
+                try:
+                    expected[item.rel] = sha256_file(source.root / item.rel)
+                except OSError as exc:
+                    raise SourceUnavailable(f"cannot read {item.rel} in {source.root}: {exc.strerror}",
+                                            path=item.rel) from exc
+        sizes = [0]
+        for item in files:
+            sizes.append(sizes[-1] + item.size)
+        reported = 0
+        while writer.running(0.25):
+            now = min(sent[0], len(files))
+            if now > reported:
+                report.add(sizes[now] - sizes[reported], now - reported)
+                reported = now
+        writer.finish()
+        tar.wait(timeout=60)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        tar.kill()
+        tar.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+    if tar.returncode != 0:  # e.g. a file vanished: what was unpacked stays as a partial copy to resume
+        raise StagingError(f"tar -c failed on the worker (exit {tar.returncode}): "
+                           f"{b''.join(messages).decode(errors='replace').strip()[-500:]}")
+    report.add(sizes[-1] - sizes[reported], len(files) - reported)
+
+
 def copy_tree(
     source: TreeSource,
     destination: Destination,
@@ -1027,7 +1152,10 @@ def copy_tree(
         writer.write(data)
         report.add(len(data))
 
-    if todo:
+    if todo and _direct_tar(source, destination):
+        assert isinstance(source, LocalTree)
+        _send_local_tree(source, destination, state.part, todo, expected, report)
+    elif todo:
         writer = destination.tar_writer(state.part)
         try:
             source.send_tar(todo, sink, on_file)

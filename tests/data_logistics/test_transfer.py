@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from data_logistics import transfer
-from data_logistics.errors import ChecksumMismatch, DestinationExists, PathOutsideWorkDir, SourceUnavailable
+from data_logistics.errors import (
+    ChecksumMismatch,
+    DestinationExists,
+    PathOutsideWorkDir,
+    SourceUnavailable,
+    StagingError,
+)
 from data_logistics.openssh import OpenSSHLink
 from data_logistics.transfer import (
     HttpFile,
@@ -371,3 +377,61 @@ def test_bulk_ssh_ciphers_can_be_chosen_but_not_injected(
         monkeypatch.setenv("HPCWAAS_PIPELINES_SSH_CIPHERS", bad)
         with pytest.raises(StagingError):
             link.argv(["true"])
+
+
+def test_openssh_link_sends_a_local_tree_as_tar_piped_into_ssh(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local tar -c | ssh tar -x: odd names arrive as they are, set-id and group/other write bits do not."""
+    root = tmp_path / "tree"
+    expected = make_tree(root, 300)
+    odd = ["-starts-with-dash", "back\\slash", "a b;$(touch pwned)`id`'\".bin", "é/ü.txt", "--null"]
+    for i, rel in enumerate(odd):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(f"odd {i}".encode())
+        expected[rel] = hashlib.sha256(f"odd {i}".encode()).hexdigest()
+    (root / "-starts-with-dash").chmod(0o6777)
+    (root / "link").symlink_to("/etc/passwd")
+
+    def no_python_tar(*args: object) -> None:
+        raise AssertionError("the tree must go through the local tar, not tarfile")
+
+    monkeypatch.setattr(LocalTree, "send_tar", no_python_tar)
+    seen: list[Progress] = []
+    result = copy_tree(LocalTree(root), SiteDestination(session, work_dir, link), "t", progress=seen.append)
+    assert result.files == len(expected) and result.skipped == ["link"]
+    assert result.sha256 == transfer.tree_digest(expected)
+    assert transfer.remote_manifest(session, f"{work_dir}/t") == expected
+    assert session.run(["test", "-e", f"{work_dir}/pwned"]).exit_code != 0
+    mode = session.run(["stat", "-c", "%a", "--", f"{work_dir}/t/-starts-with-dash"], check=True).stdout.strip()
+    assert int(mode, 8) & 0o7022 == 0
+    done = [(p.bytes_done, p.files_done) for p in seen]
+    assert done == sorted(done) and seen[-1].files_done == len(expected) and seen[-1].phase == "done"
+
+
+def test_openssh_link_tree_fails_when_a_file_vanishes_and_resumes_after(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "tree"
+    expected = make_tree(root, 200)
+    real_files = LocalTree.files
+
+    def with_a_ghost(self: LocalTree) -> list[transfer.TreeFile]:
+        return [*real_files(self), transfer.TreeFile("zz/gone.dat", 10)]  # listed, then deleted
+
+    monkeypatch.setattr(LocalTree, "files", with_a_ghost)
+    dest = SiteDestination(session, work_dir, link)
+    # The worker cannot hash it: the transfer stops.
+    with pytest.raises(SourceUnavailable, match=r"zz/gone\.dat"):
+        copy_tree(LocalTree(root), dest, "t")
+    assert _listing(session, work_dir) in ([], [".t.hpcwaas-part"])  # nothing at the final name
+    # tar cannot read it (the worker's hash came from elsewhere): tar's failure fails the transfer.
+    real_hash = transfer.sha256_file
+    monkeypatch.setattr(transfer, "sha256_file", lambda p: "0" * 64 if p.name == "gone.dat" else real_hash(p))
+    with pytest.raises(StagingError, match="tar -c failed"):
+        copy_tree(LocalTree(root), dest, "t")
+    assert _listing(session, work_dir) == [".t.hpcwaas-part"]
+    monkeypatch.undo()
+    result = copy_tree(LocalTree(root), dest, "t")
+    assert result.resumed_from == 200 and result.files == 200  # everything else had landed intact
+    assert transfer.remote_manifest(session, f"{work_dir}/t") == expected
