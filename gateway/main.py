@@ -18,6 +18,7 @@ from gateway.api.routes import (
     image_tickets,
     images,
     jobs,
+    mirrors,
     pipelines,
     sites,
     ssh_keys,
@@ -79,8 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, max_body_bytes=MAX_BODY_BYTES)
 
     # Routes are matched in order, one by one: the ones scientists call all the time come first.
-    for module in (health, executions, workflows, deployments, pipelines, catalogue, images, image_tickets, jobs,
-                   ssh_keys, sites, users, tokens):
+    for module in (health, executions, workflows, deployments, pipelines, mirrors, catalogue, images, image_tickets,
+                   jobs, ssh_keys, sites, users, tokens):
         app.include_router(module.router)
     return app
 

@@ -83,7 +83,12 @@ class Settings(BaseSettings):
     )
     pipelines_wrap_ttl: str = Field(default="900s", pattern=r"^[1-9][0-9]{0,5}[smh]$",
                                     description="Lifetime of the single-use Vault token a run gets.")
-    pipelines_sync_schedule: str | None = Field(default=None, description="The sync DAG's schedule (cron or @hourly).")
+    pipelines_sync_interval_minutes: int = Field(
+        default=60, ge=1, le=7 * 24 * 60,
+        description="How often the gateway's engine syncs each catalogue mirror (an operator's setting).",
+    )
+    pipelines_sync_schedule: str | None = Field(
+        default=None, description="The sync DAG's own schedule for the mirrors of HPCWAAS_PIPELINES_SYNC_FILE.")
     pipelines_sync_file: Path | None = Field(default=None, description="JSON list of the mirrors sync maintains.")
     pipelines_sync_vault_token_file: Path | None = Field(
         default=None, description="Vault token (policy: read the mirrors' keys only) for scheduled syncs."

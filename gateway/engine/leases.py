@@ -1,4 +1,4 @@
-"""Claiming, renewing and releasing leased records (deployments, executions)."""
+"""Claiming, renewing and releasing leased records (deployments, executions, mirrors)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.persistence.models import Deployment, Execution, utcnow
+from gateway.persistence.models import Deployment, Execution, Mirror, utcnow
 
-Leasable = type[Deployment] | type[Execution]
+Leasable = type[Deployment] | type[Execution] | type[Mirror]
 
 
 def _claimable(model: Any, now: datetime) -> Any:

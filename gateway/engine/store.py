@@ -13,8 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from deployer.engine import Event
 from deployer.errors import StateError
 from deployer.state import DeploymentRecord
-from gateway.engine.leases import Leasable
-from gateway.persistence.models import LogLine
+from gateway.persistence.models import Deployment, Execution, LogLine
 
 
 class LeaseLost(StateError):
@@ -30,8 +29,8 @@ class DbStateStore:
     refused and the engine stops, so two workers never interleave transitions.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], model: Leasable, record_id: str, owner: str,
-                 initial: DeploymentRecord | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], model: type[Deployment] | type[Execution], record_id: str,
+                 owner: str, initial: DeploymentRecord | None = None) -> None:
         self.sessions, self.model, self.record_id, self.owner = sessions, model, record_id, owner
         self._initial = initial
 

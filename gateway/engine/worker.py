@@ -21,7 +21,8 @@ from gateway.engine import leases
 from gateway.engine.leases import Leasable
 from gateway.engine.runner import RETRY_AFTER_ERROR, Outcome, Runner
 from gateway.engine.store import LeaseLost, LogSink
-from gateway.persistence.models import Deployment, Execution, utcnow
+from gateway.persistence.models import Deployment, Execution, Mirror, utcnow
+from gateway.services import mirrors as mirror_service
 from hpcwaas.settings import Settings
 from hpcwaas.vault import Vault
 
@@ -33,7 +34,7 @@ class EngineWorker:
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, vault: Vault,
                  threads: int | None = None) -> None:
-        self.sessions, self.settings = sessions, settings
+        self.sessions, self.settings, self.vault = sessions, settings, vault
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.engine_lease_seconds)
         self.runner = Runner(sessions, settings, vault, self.owner)
@@ -73,7 +74,7 @@ class EngineWorker:
 
     def step(self) -> bool:
         """Claim and advance one due record; False when nothing was due."""
-        for model in (Execution, Deployment):
+        for model in (Execution, Deployment, Mirror):
             with self.sessions() as db:
                 record_id = leases.claim(db, model, self.owner, self.lease)
             if record_id is not None:
@@ -89,8 +90,10 @@ class EngineWorker:
         try:
             if model is Execution:
                 outcome = self.runner.advance_execution(record_id)
-            else:
+            elif model is Deployment:
                 outcome = self.runner.advance_deployment(record_id)
+            else:
+                outcome = Outcome(mirror_service.run_due(self.sessions, self.vault, self.settings, record_id))
         except LeaseLost:
             log.warning("%s: lease lost to another worker; leaving it", record_id)
             return

@@ -19,6 +19,7 @@ __all__ = [
     "Execution",
     "ExecutionState",
     "LogLine",
+    "Mirror",
     "Role",
     "SSHKey",
     "Site",
@@ -291,3 +292,32 @@ class LogLine(Base):
     level: Mapped[str] = mapped_column(String(8), default="info")
     step: Mapped[str | None] = mapped_column(String(128))
     text: Mapped[str] = mapped_column(Text)
+
+
+class Mirror(Leased, Base):
+    """A catalogue storage target (or a folder of it) kept identical to a path on a site.
+
+    The gateway's engine runs the ``sync`` pipeline for it every ``pipelines_sync_interval_minutes``
+    (an operator's setting) with its owner's SSH key, through a single-use wrapping token like any
+    run: no standing credential waits in Airflow. ``wake_at`` is the next run.
+    """
+
+    __tablename__ = "mirrors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    storage_target_id: Mapped[str] = mapped_column(
+        ForeignKey("catalogue_storage_targets.id", ondelete="RESTRICT"), index=True)
+    source_path: Mapped[str] = mapped_column(String(1024), default="")  # under the target's base path
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"))
+    site_path: Mapped[str] = mapped_column(String(1024))  # in the owner's work dir on the site
+    ssh_key_id: Mapped[str] = mapped_column(String(32))
+    login: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_id: Mapped[str | None] = mapped_column(String(250))
+    last_triggered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -195,6 +195,7 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
         "requested_by": user.id, "dataset_id": dataset_id, "source": source, "target": target,
         "overwrite": data.overwrite, "label": data.label,
         "register_result": data.register_result and pipeline == "stage_out",
+        "mirror": pipeline == "sync",  # sync keeps the target identical: only changes are sent
         "summary": {"source": data.source, "target": data.target},
     }
     try:
