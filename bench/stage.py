@@ -1,6 +1,6 @@
 """Stage-in benchmark: the transfer engine against scp and tar|ssh, in the same run, on the local stack.
 
-    .venv/bin/python bench/stage.py [--size-mib 1024] [--files 10000] [--airflow-runs 3]
+    .venv/bin/python bench/stage.py [--size-mib 1024] [--files 10000] [--rounds 3] [--airflow-runs 3]
 
 1. one big file (1 GiB of random bytes) to the site: engine (streamed through the OpenSSH client with
    the key in a private agent, as the pipelines do, AES-GCM preferred; sha256 at both ends; atomic
@@ -11,7 +11,10 @@
    ``tar -c | ssh tar -x``;
 3. trigger-to-first-byte latency of a real ``stage_in`` DAG run through Airflow's REST API.
 
-Prints a table and the ratios (engine / reference; > 1 means the engine is faster). The key used by
+Every method runs ``--rounds`` times, in an order that rotates from round to round; before each
+transfer the previous destination is deleted and ``sync`` flushes dirty pages, so no method pays for
+another's write-back. Prints the rates per round and the ratios (engine / reference in the same
+round; > 1 means the engine is faster) with their median, and the load average before and after. The key used by
 scp/ssh is written to a 0600 temporary file for the reference tools only, and removed at the end.
 """
 
@@ -24,7 +27,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 from data_logistics import transfer
 from data_logistics.client import AirflowClient
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--airflow-runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every method, in a rotating order")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -85,50 +91,74 @@ def main() -> None:
     remote = f"sciuser1@{site.host}"
     ssh = ["ssh", "-p", str(site.port), *ssh_opts, remote]
     scp = ["scp", "-q", "-P", str(site.port), *ssh_opts]
-    rows: list[tuple[str, str, float, float]] = []
+    rows: list[tuple[str, str, int, int, float]] = []  # case, method, round, bytes, seconds
     try:
         with connect(endpoint, "sciuser1", pair.private_key) as session:
             session.run(["mkdir", "-p", work], check=True)
             stack_link = OpenSSHLink(endpoint, "sciuser1", pair.private_key)
             dest = transfer.SiteDestination(session, work, stack_link)
 
+            def settle() -> None:
+                # Each method starts alike: what the previous one wrote is deleted (its dirty pages
+                # are dropped, not written back during the next one) and the rest is flushed.
+                session.run(["rm", "-rf", "--", f"{work}/m.bin", f"{work}/tree"], check=True, timeout=600)
+                subprocess.run(["sync"], check=True)
+
+            def rotated(names: list[str], r: int) -> list[str]:
+                return names[r % len(names):] + names[:r % len(names)]
+
             # 1. the big file ----------------------------------------------------------------
             size = args.size_mib * MiB
             big = tmp / "big.bin"
             make_big(big, size)
             subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-            t_scp = timed([*scp, str(big), f"{remote}:{work}/scp.bin"])
-            # Information only (the target is against plain scp): scp with the cipher the engine prefers.
-            t_scp_gcm = timed([*scp, "-c", "aes128-gcm@openssh.com", str(big), f"{remote}:{work}/scp.bin"])
-            t_pipe = timed(f"cat {big} | {' '.join(ssh)} 'cat > {work}/pipe.bin'", shell=True)
-            began = time.time()
-            result = transfer.copy_file(transfer.LocalFile(big), dest, "engine.bin")
-            ended = time.time()
-            assert result.first_byte_at is not None
-            t_engine = ended - result.first_byte_at
-            rows += [("1 file", "scp", t_scp, size / t_scp),
-                     ("1 file", "scp -c aes128-gcm", t_scp_gcm, size / t_scp_gcm),
-                     ("1 file", "cat | ssh", t_pipe, size / t_pipe),
-                     ("1 file", "engine (verified)", t_engine, size / t_engine)]
-            startup = result.first_byte_at - began
+
+            def engine_file() -> float:
+                began = time.time()
+                result = transfer.copy_file(transfer.LocalFile(big), dest, "m.bin")
+                ended = time.time()
+                assert result.first_byte_at is not None
+                startups.append(result.first_byte_at - began)
+                return ended - result.first_byte_at  # measured from the first byte
+
+            startups: list[float] = []
+            big_methods: dict[str, Callable[[], float]] = {
+                "scp": lambda: timed([*scp, str(big), f"{remote}:{work}/m.bin"]),
+                # Information only (the target is against plain scp): scp with the engine's preferred cipher.
+                "scp -c aes128-gcm": lambda: timed([*scp, "-c", "aes128-gcm@openssh.com", str(big),
+                                                    f"{remote}:{work}/m.bin"]),
+                "cat | ssh": lambda: timed(f"cat {big} | {' '.join(ssh)} 'cat > {work}/m.bin'", shell=True),
+                "engine (verified)": engine_file,
+            }
+            settle()
+            for r in range(args.rounds):
+                for name in rotated(list(big_methods), r):
+                    rows.append(("1 file", name, r, size, big_methods[name]()))
+                    settle()
             big.unlink()
-            session.run(["rm", "-f", f"{work}/scp.bin", f"{work}/pipe.bin", f"{work}/engine.bin"], check=True)
 
             # 2. many small files -------------------------------------------------------------
             small = tmp / "small"
             make_small(small, args.files)
             total = args.files * 4096
-            t_scpr = timed([*scp, "-r", str(small), f"{remote}:{work}/scp-r"])
-            t_tar = timed(f"tar -C {small} -cf - . | {' '.join(ssh)} 'mkdir -p {work}/tar && tar -C {work}/tar -xf -'",
-                          shell=True)
-            began = time.monotonic()
-            tree = transfer.copy_tree(transfer.LocalTree(small), dest, "engine-tree")
-            t_tree = time.monotonic() - began
-            assert tree.files == args.files
+
+            def engine_tree() -> float:
+                began = time.monotonic()
+                tree = transfer.copy_tree(transfer.LocalTree(small), dest, "tree")
+                assert tree.files == args.files
+                return time.monotonic() - began
+
+            small_methods: dict[str, Callable[[], float]] = {
+                "scp -r": lambda: timed([*scp, "-r", str(small), f"{remote}:{work}/tree"]),
+                "tar | ssh": lambda: timed(f"tar -C {small} -cf - . | {' '.join(ssh)} "
+                                           f"'mkdir -p {work}/tree && tar -C {work}/tree -xf -'", shell=True),
+                "engine (tar, verified)": engine_tree,
+            }
+            for r in range(args.rounds):
+                for name in rotated(list(small_methods), r):
+                    rows.append((f"{args.files} files", name, r, total, small_methods[name]()))
+                    settle()
             stack_link.close()
-            rows += [(f"{args.files} files", "scp -r", t_scpr, total / t_scpr),
-                     (f"{args.files} files", "tar | ssh", t_tar, total / t_tar),
-                     (f"{args.files} files", "engine (tar, verified)", t_tree, total / t_tree)]
 
         # 3. trigger-to-first-byte through Airflow --------------------------------------------
         latencies: list[tuple[float, float]] = []
@@ -166,21 +196,29 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"\nload average (1, 5, 15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
           f"after: {' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")
-    print(f"\n{'case':<14} {'method':<24} {'seconds':>8} {'MiB/s':>8}")
-    for case, method, seconds, rate in rows:
-        print(f"{case:<14} {method:<24} {seconds:8.2f} {rate / MiB:8.1f}")
-    by = {(c, m): r for c, m, _, r in rows}
+    print(f"\n{'case':<14} {'method':<24} " + " ".join(f"{'round ' + str(r + 1):>9}" for r in range(args.rounds))
+          + f" {'median':>9}   (MiB/s)")
+    rate: dict[tuple[str, str, int], float] = {}
+    for case, method, r, nbytes, seconds in rows:
+        rate[(case, method, r)] = nbytes / seconds / MiB
+    for case, method in dict.fromkeys((c, m) for c, m, *_ in rows):
+        rates = [rate[(case, method, r)] for r in range(args.rounds)]
+        print(f"{case:<14} {method:<24} " + " ".join(f"{x:9.1f}" for x in rates) + f" {median(rates):9.1f}")
+
+    def ratio(case: str, method: str, reference: str, note: str) -> None:
+        per_round = [rate[(case, method, r)] / rate[(case, reference, r)] for r in range(args.rounds)]
+        print(f"{case + ', engine / ' + reference:<36}: median {median(per_round):.2f}x  (rounds: "
+              + ", ".join(f"{x:.2f}" for x in per_round) + f"){note}")
+
     big_case, small_case = "1 file", f"{args.files} files"
-    print(f"\nbig file, engine / scp        : {by[(big_case, 'engine (verified)')] / by[(big_case, 'scp')]:.2f}x"
-          "  (target >= 0.9x)")
-    print(f"big file, engine / scp -c gcm : "
-          f"{by[(big_case, 'engine (verified)')] / by[(big_case, 'scp -c aes128-gcm')]:.2f}x  (information)")
-    print(f"big file, engine / cat|ssh    : {by[(big_case, 'engine (verified)')] / by[(big_case, 'cat | ssh')]:.2f}x")
-    print(f"small files, engine / scp -r  : "
-          f"{by[(small_case, 'engine (tar, verified)')] / by[(small_case, 'scp -r')]:.2f}x  (target >= 1x)")
-    print(f"small files, engine / tar|ssh : "
-          f"{by[(small_case, 'engine (tar, verified)')] / by[(small_case, 'tar | ssh')]:.2f}x")
-    print(f"engine start-up before the first byte (connect excluded): {startup:.2f} s")
+    print()
+    ratio(big_case, "engine (verified)", "scp", "  target >= 0.9x")
+    ratio(big_case, "engine (verified)", "scp -c aes128-gcm", "  information")
+    ratio(big_case, "engine (verified)", "cat | ssh", "")
+    ratio(small_case, "engine (tar, verified)", "scp -r", "  target >= 1x")
+    ratio(small_case, "engine (tar, verified)", "tar | ssh", "")
+    print("engine start-up before the first byte (connect excluded): "
+          + ", ".join(f"{x:.2f}" for x in startups) + " s")
     for i, (first, total_s) in enumerate(latencies):
         print(f"airflow run {i + 1}: trigger -> first byte {first:.2f} s, trigger -> success {total_s:.2f} s")
 

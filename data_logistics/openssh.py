@@ -94,11 +94,14 @@ class OpenSSHLink:
             "-c", ciphers(), "-F", "/dev/null", "-l", self.login, self.endpoint.host, "--", shlex.join(remote_argv),
         ]
 
-    def popen(self, remote_argv: Sequence[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
-        """Start ``remote_argv`` on the site; its stdin is a pipe, or ``stdin`` (an open file
-        descriptor, e.g. a local file the ``ssh`` process then reads itself, with no copy through Python)."""
+    def popen(self, remote_argv: Sequence[str], stdin: int | None = None,
+              stdout: int | None = None) -> subprocess.Popen[bytes]:
+        """Start ``remote_argv`` on the site; its stdin and stdout are pipes, or open file descriptors
+        (``stdin``: e.g. a local file the ``ssh`` process then reads itself; ``stdout``: a local file it
+        writes itself; no copy of the bytes through Python)."""
         proc = subprocess.Popen(self.argv(remote_argv), stdin=subprocess.PIPE if stdin is None else stdin,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env())
+                                stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
+                                env=self._env())
         if proc.stdin is not None:
             grow_pipe(proc.stdin.fileno())
         return proc

@@ -717,7 +717,7 @@ class _LocalProcessWriter(Writer):
         if self._proc.returncode != 0:
             raise RemoteCommandFailed(f"{self._what} failed (exit {self._proc.returncode}): "
                                       f"{err.decode(errors='replace').strip()[-500:]}", exit_code=self._proc.returncode)
-        return out.decode(errors="replace")
+        return (out or b"").decode(errors="replace")
 
     def running(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True while the process still runs."""
@@ -728,7 +728,7 @@ class _LocalProcessWriter(Writer):
         return False
 
     def abort(self) -> None:
-        if self._proc.stdin is None:  # it reads a file itself: it would send the rest; stop it
+        if self._proc.stdin is None:  # it reads or writes a file itself: it would go on; stop it
             self._proc.kill()
             self._proc.communicate()
             return
@@ -897,6 +897,64 @@ def _send_local_file(source: LocalFile, destination: Destination, part: str, off
     return (hashed[0] if hashed else None), end
 
 
+def _direct_fd_target(source: FileSource, destination: Destination) -> bool:
+    """Whether ``ssh`` can write a site file straight into a local partial file (stage-out)."""
+    return (isinstance(source, SiteFile) and type(source).open is SiteFile.open and source.link is not None
+            and isinstance(destination, LocalDestination) and type(destination).file_writer is
+            LocalDestination.file_writer)
+
+
+def _receive_site_file(source: SiteFile, part: str, offset: int, hash_it: bool,
+                       report: _Reporter) -> tuple[str | None, int]:
+    """``ssh site tail -c +N file`` with the local partial file as its stdout; (sha256, end offset).
+
+    The partial file is opened here (no symlink followed) and shared with ``ssh``: its offset is the
+    progress. The source hash, when wanted, is computed at rest on the site meanwhile (over the
+    paramiko session, on the site's CPU); the local copy is hashed at rest afterwards."""
+    assert source.link is not None
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    hashed: list[str] = []
+    failed: list[BaseException] = []
+
+    def site_hash() -> None:
+        try:
+            hashed.append(source.sha256_at_rest())
+        except BaseException as exc:  # reported below, in the calling thread
+            failed.append(exc)
+
+    hasher = threading.Thread(target=site_hash, daemon=True) if hash_it else None
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        proc = source.link.popen(["tail", "-c", f"+{offset + 1}", "--", source.path], stdin=subprocess.DEVNULL,
+                                 stdout=fd)
+        writer = _LocalProcessWriter(None, "reading the source file", proc)
+        if hasher is not None:
+            hasher.start()
+        report.state.bytes_done = seen = offset
+        try:
+            interval = 0.002  # fine until the first byte (its time is measured), then 4 times a second
+            while writer.running(interval):
+                now = os.lseek(fd, 0, os.SEEK_CUR)
+                if now > seen:
+                    report.add(now - seen)
+                    seen, interval = now, 0.25
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        report.add(end - seen)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        if hasher is not None and hasher.is_alive():
+            hasher.join()
+    if failed:
+        raise failed[0]
+    return (hashed[0] if hashed else None), end
+
+
 def copy_file(
     source: FileSource,
     destination: Destination,
@@ -936,12 +994,16 @@ def copy_file(
     hash_stream = declared is None
     resumed_from: int | None = None
     at_source_stream: str | None = None
-    direct = _direct_fd_source(source, destination)
+    direct = _direct_fd_source(source, destination) or _direct_fd_target(source, destination)
     if direct:
-        assert isinstance(source, LocalFile)
         resumed_from = offset
-        at_source_stream, offset = _send_local_file(source, destination, state.part, offset,
-                                                    hash_stream and offset == 0, report)
+        if isinstance(source, LocalFile):
+            at_source_stream, offset = _send_local_file(source, destination, state.part, offset,
+                                                        hash_stream and offset == 0, report)
+        else:
+            assert isinstance(source, SiteFile)
+            at_source_stream, offset = _receive_site_file(source, state.part, offset, hash_stream and offset == 0,
+                                                          report)
     attempt = 0
     streamed = _BackgroundHash() if hash_stream and not direct else None
     while not direct:

@@ -435,3 +435,33 @@ def test_openssh_link_tree_fails_when_a_file_vanishes_and_resumes_after(
     result = copy_tree(LocalTree(root), dest, "t")
     assert result.resumed_from == 200 and result.files == 200  # everything else had landed intact
     assert transfer.remote_manifest(session, f"{work_dir}/t") == expected
+
+
+def test_openssh_link_writes_a_site_file_straight_into_local_storage(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage-out of a file: ssh's stdout is the local partial file; progress, resume and checks hold."""
+    digest = make_file(tmp_path / "f.bin", 24 * MiB, seed=41)
+    assert copy_file(LocalFile(tmp_path / "f.bin"), SiteDestination(session, work_dir, link), "f.bin").sha256 == digest
+    storage = tmp_path / "storage"
+    storage.mkdir()
+
+    def no_chunks(self: transfer.SiteFile, offset: int) -> None:
+        raise AssertionError("the direct path must not read the file through Python")
+
+    monkeypatch.setattr(transfer.SiteFile, "open", no_chunks)
+    seen: list[Progress] = []
+    source = transfer.site_source(session, work_dir, "f.bin", link=link)
+    result = copy_file(source, LocalDestination(storage), "out/f.bin", progress=seen.append)
+    assert result.sha256 == digest and transfer.sha256_file(storage / "out" / "f.bin") == digest
+    done = [p.bytes_done for p in seen]
+    assert done == sorted(done) and done[-1] == 24 * MiB and result.first_byte_at is not None
+    # A partial local copy is completed from its size, and verified against the source at rest.
+    (storage / "out" / ".g.bin.hpcwaas-part").write_bytes((tmp_path / "f.bin").read_bytes()[: 5 * MiB])
+    again = copy_file(source, LocalDestination(storage), "out/g.bin")
+    assert again.resumed_from == 5 * MiB and again.sha256 == digest
+    # A corrupted partial copy is detected and removed.
+    (storage / "out" / ".h.bin.hpcwaas-part").write_bytes(b"X" * MiB)
+    with pytest.raises(ChecksumMismatch, match="corrupted transfer"):
+        copy_file(source, LocalDestination(storage), "out/h.bin")
+    assert sorted(p.name for p in (storage / "out").iterdir()) == ["f.bin", "g.bin"]
