@@ -516,16 +516,6 @@ def _hit_of(row: Any, hit: Highlight | None) -> DatasetHit:
 # the default 2 MB page cache each read is a system call into the OS cache. Memory-mapping the
 # file (shared by every connection, unlike a larger page cache) halved the row-reading part of
 # listings and searches at 100,000 datasets. Set once per connection, on its first listing.
-_SQLITE_MMAP_BYTES = 256 * 1024 * 1024
-
-
-def _tune_sqlite(db: Session) -> None:
-    conn = db.connection()
-    if not conn.info.get("catalogue_mmap"):
-        conn.exec_driver_sql(f"PRAGMA mmap_size={_SQLITE_MMAP_BYTES}")
-        conn.info["catalogue_mmap"] = True
-
-
 def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> DatasetPage:
     """One page of the datasets the caller may read, filtered, searched and sorted.
 
@@ -537,8 +527,6 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
         raise InvalidQuery("sorting by relevance needs a search text", field="sort", hint="add ?q=words")
     order = f.order or ("asc" if sort in ("title", "relevance") else "desc")
     dialect = db.get_bind().dialect.name
-    if dialect == "sqlite":
-        _tune_sqlite(db)
     cursor = _decode_cursor(f.cursor, sort, order) if f.cursor else None
     offset = 0
     if sort == "relevance":
