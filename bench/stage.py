@@ -12,10 +12,11 @@
 3. trigger-to-first-byte latency of a real ``stage_in`` DAG run through Airflow's REST API.
 
 Every method runs ``--rounds`` times, in an order that rotates from round to round; before each
-transfer the previous destination is deleted and ``sync`` flushes dirty pages, so no method pays for
-another's write-back. Prints the rates per round and the ratios (engine / reference in the same
-round; > 1 means the engine is faster) with their median, and the load average before and after. The key used by
-scp/ssh is written to a 0600 temporary file for the reference tools only, and removed at the end.
+transfer ``sync`` flushes dirty pages, so no method pays for another's write-back; every transfer
+writes a fresh name and nothing is deleted before the end. Prints the rates per round and the
+ratios (engine / reference in the same round; > 1 means the engine is faster) with their median,
+and the load average before and after. The key used by scp/ssh is written to a 0600 temporary file
+for the reference tools only, and removed at the end.
 """
 
 from __future__ import annotations
@@ -99,10 +100,15 @@ def main() -> None:
             dest = transfer.SiteDestination(session, work, stack_link)
 
             def settle() -> None:
-                # Each method starts alike: what the previous one wrote is deleted (its dirty pages
-                # are dropped, not written back during the next one) and the rest is flushed.
-                session.run(["rm", "-rf", "--", f"{work}/m.bin", f"{work}/tree"], check=True, timeout=600)
+                # Each method starts alike: nothing left to write back from the previous one. Nothing
+                # is deleted until the end either (the root file system is mounted with `discard`:
+                # freeing 1 GiB or 10,000 files right before a transfer slows that transfer 2-4x).
                 subprocess.run(["sync"], check=True)
+
+            counter = iter(range(1_000_000))
+
+            def fresh(stem: str) -> str:
+                return f"{work}/{stem}-{next(counter)}"
 
             def rotated(names: list[str], r: int) -> list[str]:
                 return names[r % len(names):] + names[:r % len(names)]
@@ -115,7 +121,7 @@ def main() -> None:
 
             def engine_file() -> float:
                 began = time.time()
-                result = transfer.copy_file(transfer.LocalFile(big), dest, "m.bin")
+                result = transfer.copy_file(transfer.LocalFile(big), dest, fresh("big"))
                 ended = time.time()
                 assert result.first_byte_at is not None
                 startups.append(result.first_byte_at - began)
@@ -123,11 +129,11 @@ def main() -> None:
 
             startups: list[float] = []
             big_methods: dict[str, Callable[[], float]] = {
-                "scp": lambda: timed([*scp, str(big), f"{remote}:{work}/m.bin"]),
+                "scp": lambda: timed([*scp, str(big), f"{remote}:{fresh('big')}"]),
                 # Information only (the target is against plain scp): scp with the engine's preferred cipher.
                 "scp -c aes128-gcm": lambda: timed([*scp, "-c", "aes128-gcm@openssh.com", str(big),
-                                                    f"{remote}:{work}/m.bin"]),
-                "cat | ssh": lambda: timed(f"cat {big} | {' '.join(ssh)} 'cat > {work}/m.bin'", shell=True),
+                                                    f"{remote}:{fresh('big')}"]),
+                "cat | ssh": lambda: timed(f"cat {big} | {' '.join(ssh)} 'cat > {fresh('big')}'", shell=True),
                 "engine (verified)": engine_file,
             }
             settle()
@@ -144,14 +150,16 @@ def main() -> None:
 
             def engine_tree() -> float:
                 began = time.monotonic()
-                tree = transfer.copy_tree(transfer.LocalTree(small), dest, "tree")
+                tree = transfer.copy_tree(transfer.LocalTree(small), dest, fresh("tree"))
                 assert tree.files == args.files
                 return time.monotonic() - began
 
+            def tar_ssh(d: str) -> float:
+                return timed(f"tar -C {small} -cf - . | {' '.join(ssh)} 'mkdir -p {d} && tar -C {d} -xf -'", shell=True)
+
             small_methods: dict[str, Callable[[], float]] = {
-                "scp -r": lambda: timed([*scp, "-r", str(small), f"{remote}:{work}/tree"]),
-                "tar | ssh": lambda: timed(f"tar -C {small} -cf - . | {' '.join(ssh)} "
-                                           f"'mkdir -p {work}/tree && tar -C {work}/tree -xf -'", shell=True),
+                "scp -r": lambda: timed([*scp, "-r", str(small), f"{remote}:{fresh('tree')}"]),
+                "tar | ssh": lambda: tar_ssh(fresh("tree")),
                 "engine (tar, verified)": engine_tree,
             }
             for r in range(args.rounds):
