@@ -465,3 +465,20 @@ def test_openssh_link_writes_a_site_file_straight_into_local_storage(
     with pytest.raises(ChecksumMismatch, match="corrupted transfer"):
         copy_file(source, LocalDestination(storage), "out/h.bin")
     assert sorted(p.name for p in (storage / "out").iterdir()) == ["f.bin", "g.bin"]
+
+
+def test_direct_paths_refuse_a_wrong_host_key(site, site_key, tmp_path: Path, session: SSHSession,  # type: ignore[no-untyped-def]
+                                              work_dir: str) -> None:
+    from hpcwaas.errors import RemoteCommandFailed
+    from hpcwaas.ssh import SiteEndpoint, generate_keypair
+
+    make_file(tmp_path / "f.bin", 2 * MiB, seed=51)
+    make_tree(tmp_path / "tree", 20)
+    other = generate_keypair().public.line
+    with OpenSSHLink(SiteEndpoint(site.host, site.port, other), "sciuser1", site_key.pair.private_key) as lk:
+        dest = SiteDestination(session, work_dir, lk)
+        with pytest.raises(RemoteCommandFailed, match="host"):
+            copy_file(LocalFile(tmp_path / "f.bin"), dest, "f.bin")
+        with pytest.raises(RemoteCommandFailed, match="host"):
+            copy_tree(LocalTree(tmp_path / "tree"), dest, "tree")
+    assert not {"f.bin", "tree"} & set(_listing(session, work_dir))  # nothing landed under a final name
