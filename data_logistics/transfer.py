@@ -4,17 +4,20 @@ A transfer reads a :class:`FileSource` (an HTTP URL, a local file, a file on a s
 :class:`TreeSource` (a local directory, a directory on a site) and writes it to a
 :class:`Destination` (a site user's work directory, or a local storage root):
 
-* **streamed**: bytes go from the source to the destination in 1 MiB chunks; the worker never
-  holds a copy on its disk. A directory travels as one tar stream (``tar -x`` on the far side).
+* **streamed**: bytes go from the source to the destination in 1 MiB chunks, or straight between
+  processes where one can do it (a local file as ``ssh``'s stdin, local ``tar -c`` piped into
+  ``ssh``, ``ssh`` writing a local file); the worker never holds a copy on its disk. A directory
+  travels as one tar stream (``tar -x`` on the far side).
 * **atomic**: data lands in a hidden ``.<name>.hpcwaas-part`` next to the destination and is
   renamed into place only after verification.
 * **resumable**: a later transfer to the same destination continues a partial file from its
   size (HTTP ``Range``, ``tail -c +N`` on a site, ``seek`` locally) and sends only the files of a
   partial directory that are missing or differ.
-* **verified end to end**: the destination is hashed at rest (``sha256sum`` on the site) and
-  compared with the hash of what the source holds (computed while streaming, or at rest at the
-  source after a resume) and with a declared checksum (catalogue, image digest) when there is
-  one. A mismatch removes the bad data and raises :class:`ChecksumMismatch`.
+* **verified end to end**: the destination is hashed at rest (``openssl dgst`` or ``sha256sum``
+  on the site) and compared with a declared checksum (catalogue, image digest) when there is one
+  (the worker then does not hash the source), otherwise with the hash of what the source holds
+  (computed while streaming, by a concurrent read of the same file, or at rest at the source).
+  A mismatch removes the bad data and raises :class:`ChecksumMismatch`.
 * **confined**: destination paths are resolved on the site (symlinks included) and must stay
   inside the work directory; local paths must stay inside their storage root.
 
