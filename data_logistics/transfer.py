@@ -1176,6 +1176,102 @@ def _send_local_tree(source: LocalTree, destination: Destination, part_dir: str,
     report.add(sizes[-1] - sizes[reported], len(files) - reported)
 
 
+def _direct_tar_in(source: TreeSource, destination: Destination) -> bool:
+    """Whether a site tree can go as ``ssh site tar -c`` piped straight into a local ``tar -x``."""
+    return (isinstance(source, SiteTree) and type(source).send_tar is SiteTree.send_tar
+            and type(source).manifest is SiteTree.manifest and source.link is not None
+            and isinstance(destination, LocalDestination)
+            and type(destination).tar_writer is LocalDestination.tar_writer)
+
+
+def _receive_site_tree(source: SiteTree, part_dir: str, files: list[TreeFile], expected: dict[str, str],
+                       report: _Reporter) -> None:
+    """``ssh site tar -c`` | local ``tar -x`` (stage-out of a directory), the pipe between the two
+    processes only. Meanwhile the site hashes the tree at rest (over the paramiko session, on the
+    site's CPU) unless ``expected`` already holds it; the local copy is hashed at rest afterwards.
+    The site tar's verbose listing counts the files sent."""
+    assert source.link is not None
+    Path(part_dir).mkdir(parents=True, exist_ok=True)
+    found: list[dict[str, str]] = []
+    failed: list[BaseException] = []
+
+    def site_manifest() -> None:
+        try:
+            found.append(source.manifest())
+        except BaseException as exc:  # reported below, in the calling thread
+            failed.append(exc)
+
+    hasher = threading.Thread(target=site_manifest, daemon=True) if not expected else None
+    if hasher is not None:
+        hasher.start()
+    sent = [0]
+    messages: list[bytes] = []
+    ssh: subprocess.Popen[bytes] | None = None
+    untar: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
+    try:
+        if files:
+            ssh = source.link.popen(["tar", "-c", "-f", "-", "-C", source.root, "-v", "--null", "-T", "-"])
+            assert ssh.stdin is not None and ssh.stdout is not None and ssh.stderr is not None
+            untar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", part_dir, "--no-same-owner"], stdin=ssh.stdout,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            ssh.stdout.close()  # the local tar holds its own copy
+            err = ssh.stderr
+
+            def listing() -> None:
+                for line in err:
+                    if line.startswith(b"tar: ") or not line.strip():
+                        messages.append(line)
+                    else:
+                        sent[0] += 1
+
+            reader = threading.Thread(target=listing, daemon=True)
+            reader.start()
+            threading.Thread(target=_feed, args=(ssh.stdin, b"".join(f.rel.encode() + b"\0" for f in files)),
+                             daemon=True).start()
+            sizes = [0]
+            for item in files:
+                sizes.append(sizes[-1] + item.size)
+            reported = 0
+            interval = 0.01
+            while True:
+                try:
+                    untar.wait(timeout=interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = min(sent[0], len(files))
+                if now > reported:
+                    report.add(sizes[now] - sizes[reported], now - reported)
+                    reported, interval = now, 0.25
+            ssh.wait(timeout=60)
+            reader.join(timeout=10)
+            assert untar.stderr is not None
+            untar_err = untar.stderr.read().decode(errors="replace").strip()
+            if ssh.returncode != 0:
+                raise RemoteCommandFailed(f"tar on the source site failed (exit {ssh.returncode}): "
+                                          f"{b''.join(messages).decode(errors='replace').strip()[-500:]}",
+                                          exit_code=ssh.returncode)
+            if untar.returncode != 0:
+                raise StagingError(f"tar -x failed on the worker (exit {untar.returncode}): {untar_err[-500:]}")
+            report.add(sizes[-1] - sizes[reported], len(files) - reported)
+    except BaseException:
+        for proc in (ssh, untar):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise
+    finally:
+        if hasher is not None:
+            hasher.join()
+        if reader is not None:
+            reader.join(timeout=10)
+    if failed:
+        raise failed[0]
+    if found:
+        expected.update(found[0])
+
+
 def copy_tree(
     source: TreeSource,
     destination: Destination,
@@ -1200,7 +1296,8 @@ def copy_tree(
     report.state.files_total = len(files)
     present = destination.manifest(state.part) if resume and state.partial_size > 0 else {}
     expected: dict[str, str] = {}
-    if present or not source.hashes_while_streaming:
+    receive = _direct_tar_in(source, destination)  # the site hashes its tree while it streams
+    if present or not (source.hashes_while_streaming or receive):
         expected = source.manifest()
     done = [f for f in files if f.rel in present and present[f.rel] == expected.get(f.rel)]
     done_names = {f.rel for f in done}
@@ -1217,7 +1314,10 @@ def copy_tree(
         writer.write(data)
         report.add(len(data))
 
-    if todo and _direct_tar(source, destination):
+    if receive:
+        assert isinstance(source, SiteTree)
+        _receive_site_tree(source, state.part, todo, expected, report)
+    elif todo and _direct_tar(source, destination):
         assert isinstance(source, LocalTree)
         _send_local_tree(source, destination, state.part, todo, expected, report)
     elif todo:

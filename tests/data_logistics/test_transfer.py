@@ -482,3 +482,34 @@ def test_direct_paths_refuse_a_wrong_host_key(site, site_key, tmp_path: Path, se
         with pytest.raises(RemoteCommandFailed, match="host"):
             copy_tree(LocalTree(tmp_path / "tree"), dest, "tree")
     assert not {"f.bin", "tree"} & set(_listing(session, work_dir))  # nothing landed under a final name
+
+
+def test_openssh_link_pipes_a_site_tree_into_a_local_tar(
+        tmp_path: Path, session: SSHSession, work_dir: str, link: OpenSSHLink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage-out of a directory: ssh site tar -c | local tar -x; progress, resume and checks hold."""
+    expected = make_tree(tmp_path / "tree", 400)
+    assert copy_tree(LocalTree(tmp_path / "tree"), SiteDestination(session, work_dir, link), "tree").files == 400
+    storage = tmp_path / "storage"
+    storage.mkdir()
+
+    def no_relay(*args: object) -> None:
+        raise AssertionError("the tree must go from ssh to the local tar directly")
+
+    monkeypatch.setattr(transfer.SiteTree, "send_tar", no_relay)
+    source = transfer.site_source(session, work_dir, "tree", link=link)
+    seen: list[Progress] = []
+    result = transfer.copy(source, LocalDestination(storage), "t", progress=seen.append)
+    assert result.files == 400 and result.sha256 == transfer.tree_digest(expected)
+    assert transfer.local_manifest(storage / "t") == expected
+    done = [(p.bytes_done, p.files_done) for p in seen]
+    assert done == sorted(done) and seen[-1].files_done == 400 and seen[-1].phase == "done"
+    # A partial local copy: intact files are kept, a corrupted one is detected, removed, and sent again.
+    partial = storage / ".u.hpcwaas-part"
+    for rel in list(expected)[:150]:
+        (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+        (partial / rel).write_bytes((tmp_path / "tree" / rel).read_bytes())
+    bad = next(iter(expected))
+    (partial / bad).write_bytes(b"corrupted")
+    again = transfer.copy(source, LocalDestination(storage), "u")
+    assert again.resumed_from == 149 and transfer.local_manifest(storage / "u") == expected
