@@ -16,6 +16,7 @@ Run it with ``make demo`` (which starts the stack first) or ``python -m hpcwaas.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -73,15 +74,31 @@ def gateway_env(stack: StackInfo) -> dict[str, str]:
     }
 
 
+def _code_fingerprint() -> str:
+    """Sizes and times of the project's Python files: a running gateway is reused only while equal."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ("hpcwaas", "gateway", "deployer", "tosca", "catalogue", "containers", "data_logistics"):
+        for path in sorted((root / package).rglob("*.py")):
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def start_gateway(stack: StackInfo) -> None:
     """Start ``waas admin serve`` in the background (reused when it already answers)."""
     run_dir = stack.stack_dir / "demo-gateway"
     run_dir.mkdir(parents=True, exist_ok=True)
     pid_file, log_file = run_dir / "gateway.pid", run_dir / "gateway.log"
     pid = read_pid(pid_file)
+    code, code_file = _code_fingerprint(), run_dir / "gateway.code"
     if pid is not None and port_open("127.0.0.1", PORT):
-        console.print(f"   gateway already running (pid {pid}) on {URL}")
-        return
+        if code_file.is_file() and code_file.read_text() == code:
+            console.print(f"   gateway already running (pid {pid}) on {URL}")
+            return
+        console.print(f"   the code changed since gateway {pid} started: restarting it")
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not port_open("127.0.0.1", PORT), 30, "the old gateway to stop")
     if port_open("127.0.0.1", PORT):
         raise SystemExit(f"port {PORT} is taken by another program; stop it and run make demo again")
     with open(log_file, "ab") as log:
@@ -90,6 +107,7 @@ def start_gateway(stack: StackInfo) -> None:
             env=gateway_env(stack), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     pid_file.write_text(f"{proc.pid}\n")
+    code_file.write_text(code)
     t0 = time.monotonic()
     wait_until(lambda: port_open("127.0.0.1", PORT) or proc.poll() is not None, 60, "the gateway to listen")
     if proc.poll() is not None:
