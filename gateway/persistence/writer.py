@@ -41,7 +41,10 @@ class _Pending:
             else:
                 self.done.set_exception(error)
 
-        self.loop.call_soon_threadsafe(apply)
+        try:
+            self.loop.call_soon_threadsafe(apply)
+        except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+            pass
 
 
 class GroupCommitWriter:
@@ -52,6 +55,7 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def start(self) -> GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -61,13 +65,14 @@ class GroupCommitWriter:
     def stop(self, timeout: float = 10) -> None:
         """Write what is queued, then end the thread."""
         if self._thread is not None:
+            self._closed.set()
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
 
     async def add(self, record: Base) -> None:
         """Persist a new record; returns once it is committed (raises what the insert raised)."""
-        if self._thread is None:
+        if self._thread is None or self._closed.is_set():
             raise RuntimeError("the group-commit writer is not running")
         pending = _Pending(record, asyncio.get_running_loop())
         self._queue.put(pending)
@@ -75,11 +80,10 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
+        while True:
+            first = None if stopping else self._queue.get()
+            batch = [first] if first is not None else []
+            stopping = stopping or first is None
             while len(batch) < self._max_batch:
                 try:
                     item = self._queue.get_nowait()
@@ -87,9 +91,12 @@ class GroupCommitWriter:
                     break
                 if item is None:
                     stopping = True
-                    break
+                    continue
                 batch.append(item)
-            self._write(batch)
+            if batch:
+                self._write(batch)
+            elif stopping:  # everything queued before (and racing with) the stop is written
+                return
 
     def _write(self, batch: list[_Pending]) -> None:
         try:
