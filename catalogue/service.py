@@ -811,7 +811,12 @@ def delete_target(db: Session, who: Principal | None, ref: str) -> None:
         raise Conflict(f"{used} dataset(s) are located on storage target {target.name!r}",
                        hint="move or delete them first")
     db.delete(target)
-    db.commit()
+    try:
+        db.commit()
+    except IntegrityError:  # a table outside the catalogue refers to it: the gateway's mirrors
+        db.rollback()
+        raise Conflict(f"storage target {target.name!r} is still in use: a mirror keeps it in sync with a site",
+                       hint="delete its mirrors first (GET /catalogue/mirrors)") from None
 
 
 __all__ = [

@@ -44,8 +44,11 @@ def test_owner_defines_sees_triggers_and_deletes(people: dict[str, Person], targ
     synced = people["admin"].post(f"/catalogue/mirrors/{mirror['id']}/sync")
     assert synced.status_code == 202 and synced.json()["wake_at"] >= mirror["wake_at"]
     assert alice.http.get("/catalogue/mirrors").status_code == 401  # no token
+    in_use = alice.delete(f"/catalogue/storage-targets/{target['name']}")
+    assert in_use.status_code == 409 and "mirror" in error_of(in_use)["message"]
     assert alice.delete(f"/catalogue/mirrors/{mirror['id']}").status_code == 204
     assert alice.get(f"/catalogue/mirrors/{mirror['id']}").status_code == 404
+    assert alice.delete(f"/catalogue/storage-targets/{target['name']}").status_code == 204
 
 
 def test_only_the_storage_targets_owner_or_an_admin_may_mirror_it(people: dict[str, Person],
