@@ -99,10 +99,52 @@ def test_stage_in_and_stage_out_through_airflow(people: dict[str, Person], alice
     registered = done["registered_dataset"]
     assert registered, done.get("registration_error")
     entry = alice.get(f"/catalogue/datasets/{registered}")
-    if entry.status_code == 200:
-        assert entry.json()["checksum_sha256"] == digest
+    assert entry.status_code == 200, entry.text
+    assert entry.json()["checksum_sha256"] == digest
     again = alice.get(f"/pipelines/stage_out/runs/{out.json()['id']}").json()
     assert again["registered_dataset"] == registered  # registered once
+
+
+def test_catalogue_dataset_staged_in_by_id(people: dict[str, Person], alice_key: tuple[str, str],
+                                           airflow: AirflowClient, stack: StackInfo, unique: str) -> None:
+    """``dataset:<id>`` is resolved by the gateway for the caller: her restricted dataset is staged
+    in with its catalogue checksum verified; another user, or a dataset with no location, is
+    refused with a clear message before any run starts (no fallback location)."""
+    alice, bob = people["alice"], people["bob"]
+    assert stack.airflow is not None
+    data = os.urandom(2 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    path = stack.airflow.storage_root / "tests" / f"dataset-{unique}.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    made = alice.post("/catalogue/datasets", json={
+        "title": f"Restricted input {unique}", "location": f"file://{path}", "access": "restricted",
+        "checksum_sha256": digest, "size_bytes": len(data)})
+    assert made.status_code == 201, made.text
+    dataset = made.json()["id"]
+    nowhere = alice.post("/catalogue/datasets", json={"title": f"No location yet {unique}", "access": "public"})
+    assert nowhere.status_code == 201, nowhere.text
+    bob_key = bob.post("/ssh_keys", json={"login": "sciuser2"}).json()["id"]
+
+    before = _airflow_run_count(airflow)
+    hidden = bob.post("/pipelines/stage_in/runs", json={
+        "ssh_key": bob_key, "source": f"dataset:{dataset}", "target": f"sftp://local/dl/{unique}.bin"})
+    assert hidden.status_code == 404, hidden.text
+    assert dataset in error_of(hidden)["message"]
+    unresolved = alice.post("/pipelines/stage_in/runs", json={
+        "ssh_key": alice_key[0], "source": f"dataset:{nowhere.json()['id']}", "target": f"sftp://local/{unique}"})
+    assert unresolved.status_code == 422, unresolved.text
+    assert "no location" in error_of(unresolved)["message"]
+    assert _airflow_run_count(airflow) == before
+
+    started = alice.post("/pipelines/stage_in/runs", json={
+        "ssh_key": alice_key[0], "source": f"dataset:{dataset}", "target": f"sftp://local/dl/{unique}.bin"})
+    assert started.status_code == 201, started.text
+    assert started.json()["source"]["sha256"] == digest  # the catalogue's checksum, verified at the end
+    done = _wait(alice, "stage_in", started.json()["id"])
+    assert done["state"] == "success", done
+    assert done["result"]["sha256"] == digest
+    assert Path(f"/home/sciuser1/hpcwaas/dl/{unique}.bin").read_bytes() == data
 
 
 def test_another_users_key_is_refused_before_any_run(people: dict[str, Person], alice_key: tuple[str, str],
