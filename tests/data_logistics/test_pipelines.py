@@ -105,6 +105,40 @@ def test_site_to_site_between_two_site_users(tmp_path: Path, site: SiteInfo, vau
     assert _token_is_spent(vault, src["wrap_token"]) and _token_is_spent(vault, dst["wrap_token"])
 
 
+def test_site_sources_with_shell_metacharacters_are_just_names(
+        tmp_path: Path, site: SiteInfo, vault: Vault, site_key: SiteKey, session: SSHSession, work_dir: str,
+        session2: SSHSession, work_dir2: str) -> None:
+    """A site path is an argument, never shell text: a file and a folder whose names would run
+    commands if interpolated are staged out (file and tar paths) and copied site to site intact."""
+    name = "a b;$(touch pwned)`touch pwned2`'\"&|.bin"
+    folder = "r $(touch pwned3);x"
+    digest = make_file(tmp_path / "f.bin", 1 * MiB, seed=21)
+    transfer.copy_file(transfer.LocalFile(tmp_path / "f.bin"), transfer.SiteDestination(session, work_dir), name)
+    expected = make_tree(tmp_path / "tree", 12)
+    transfer.copy_tree(transfer.LocalTree(tmp_path / "tree"), transfer.SiteDestination(session, work_dir), folder)
+    storage = tmp_path / "storage"
+
+    def source(path: str) -> dict[str, Any]:
+        return {"kind": "site", "site": _ref(site, vault, site_key, "sciuser1", work_dir), "path": path}
+
+    out = pipelines.execute("stage_out", {"requested_by": "u1", "source": source(name),
+                                          "target": {"kind": "local", "path": "out/f.bin"}}, storage_root=storage)
+    assert out["sha256"] == digest and transfer.sha256_file(storage / "out/f.bin") == digest
+    out = pipelines.execute("stage_out", {"requested_by": "u1", "source": source(folder),
+                                          "target": {"kind": "local", "path": "out/tree"}}, storage_root=storage)
+    assert out["files"] == 12 and transfer.local_manifest(storage / "out/tree") == expected
+    copied = pipelines.execute("site_to_site", {
+        "requested_by": "u1", "source": source(name),
+        "target": {"kind": "site", "site": _ref(site, vault, site_key, "sciuser2", work_dir2), "path": name}},
+        storage_root=tmp_path)
+    assert copied["sha256"] == digest
+    for user_session, base in ((session, work_dir), (session2, work_dir2)):
+        for marker in ("pwned", "pwned2", "pwned3"):
+            assert user_session.run(["test", "-e", f"{base}/{marker}"]).exit_code != 0
+            assert user_session.run(["test", "-e", marker]).exit_code != 0  # nor in the login's home
+    assert not list(Path.cwd().glob("pwned*")) and not list(storage.rglob("pwned*"))
+
+
 def test_scheduled_sync_mirrors_with_a_key_limited_vault_token(tmp_path: Path, site: SiteInfo, vault: Vault,
                                                                vault_info: VaultInfo, site_key: SiteKey,
                                                                session: SSHSession, work_dir: str) -> None:
