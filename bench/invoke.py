@@ -230,7 +230,8 @@ class Databases:
     """Fresh databases: SQLite files under the temp dir, or throwaway PostgreSQL databases."""
 
     def __init__(self, workdir: Path, postgres: bool) -> None:
-        self.workdir, self.postgres, self.created = workdir, postgres, []
+        self.workdir, self.postgres = workdir, postgres
+        self.created: list[str] = []
 
     def new(self, name: str) -> str:
         if not self.postgres:
@@ -374,8 +375,15 @@ class Load:
         return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[q - 1]
 
 
-async def _load(url: str, token: str, body: dict[str, Any], requests: int, concurrency: int) -> Load:
+async def _drive(url: str, token: str, body: dict[str, Any], requests: int, concurrency: int,
+                 rate: float | None = None) -> Load:
     """``concurrency`` tasks, each with its own keep-alive connection, share ``requests`` POSTs.
+
+    Closed loop (``rate`` None): a task sends its next request as soon as the last is answered.
+    Open loop: request ``i`` is due at ``i / rate`` seconds whatever the answers so far, the tasks
+    taking the due requests in turn; its latency counts from when it was due, not from when a task
+    got round to sending it, so a server that falls behind pays for its queue (no coordinated
+    omission).
 
     One httpx client per task: a single client's pool scans all its connections on every request
     (quadratic in the pool size), which at 64 connections made the client, not the server, the
@@ -384,60 +392,18 @@ async def _load(url: str, token: str, body: dict[str, Any], requests: int, concu
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    remaining = requests
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            start = time.perf_counter()
-            try:
-                resp = await client.post(url, json=body)
-                status = str(resp.status_code)
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            if status == "202":
-                latencies.append((time.perf_counter() - start) * 1000)
-            else:
-                errors[status] = errors.get(status, 0) + 1
-
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=60, headers=headers,
-                                                                     verify=False))
-                   for _ in range(concurrency)]
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for client in clients))
-        seconds = time.perf_counter() - started
-    return Load(seconds, latencies, errors)
-
-
-def load(url: str, token: str, body: dict[str, Any], requests: int, concurrency: int, warmup: int) -> Load:
-    asyncio.run(_load(url, token, body, warmup, concurrency))
-    return asyncio.run(_load(url, token, body, requests, concurrency))
-
-
-async def _paced(url: str, token: str, body: dict[str, Any], rate: float, requests: int, concurrency: int) -> Load:
-    """Open loop: request ``i`` is due at ``i / rate`` seconds, whatever the answers so far.
-
-    ``concurrency`` clients (one keep-alive connection each) take the due requests in turn. A
-    request's latency counts from when it was due, not from when a client got round to sending
-    it, so a server that falls behind is charged for the queue it builds (no coordinated omission).
-    """
-    headers = {"Authorization": f"Bearer {token}"}
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    next_slot = 0
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    taken = 0
 
     async def worker(client: httpx.AsyncClient, start: float) -> None:
-        nonlocal next_slot
-        while next_slot < requests:
-            due = start + next_slot / rate
-            next_slot += 1
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        nonlocal taken
+        while taken < requests:
+            slot, taken = taken, taken + 1
+            if rate is None:
+                due = time.perf_counter()
+            else:
+                due = start + slot / rate
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
             try:
                 resp = await client.post(url, json=body)
                 status = str(resp.status_code)
@@ -448,19 +414,27 @@ async def _paced(url: str, token: str, body: dict[str, Any], rate: float, reques
             else:
                 errors[status] = errors.get(status, 0) + 1
 
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=60, headers=headers))
                    for _ in range(concurrency)]
         for client in clients:  # open every connection before the clock starts
             await client.get(url.split("/workflows/")[0] + "/health")
-        start = time.perf_counter() + 0.05
-        await asyncio.gather(*(worker(client, start) for client in clients))
-        seconds = time.perf_counter() - start
+        started = time.perf_counter() + 0.05
+        await asyncio.gather(*(worker(client, started) for client in clients))
+        seconds = time.perf_counter() - started
     return Load(seconds, latencies, errors)
 
 
+def load(url: str, token: str, body: dict[str, Any], requests: int, concurrency: int, warmup: int) -> Load:
+    """Closed loop, after ``warmup`` requests."""
+    asyncio.run(_drive(url, token, body, warmup, concurrency))
+    return asyncio.run(_drive(url, token, body, requests, concurrency))
+
+
 def paced(url: str, token: str, body: dict[str, Any], rate: float, requests: int, concurrency: int) -> Load:
-    return asyncio.run(_paced(url, token, body, rate, requests, concurrency))
+    """Open loop at ``rate`` requests per second."""
+    return asyncio.run(_drive(url, token, body, requests, concurrency, rate))
 
 
 def _row(label: str, run: Load) -> str:
