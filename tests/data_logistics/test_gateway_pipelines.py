@@ -144,7 +144,8 @@ def test_catalogue_dataset_staged_in_by_id(people: dict[str, Person], alice_key:
     done = _wait(alice, "stage_in", started.json()["id"])
     assert done["state"] == "success", done
     assert done["result"]["sha256"] == digest
-    assert Path(f"/home/sciuser1/hpcwaas/dl/{unique}.bin").read_bytes() == data
+    landed = Path(done["result"]["target"]["path"])  # the site is this machine: read it back
+    assert landed.name == f"{unique}.bin" and landed.read_bytes() == data
 
 
 def test_another_users_key_is_refused_before_any_run(people: dict[str, Person], alice_key: tuple[str, str],
