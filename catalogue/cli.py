@@ -32,7 +32,14 @@ def _fields_from_options(**options: Any) -> dict[str, Any]:
                      for c in value]
             value = [{k: v for k, v in c.items() if v} for c in value]
         if name == "metadata":
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"not JSON ({exc.msg}); give an object, e.g. '{{\"instrument\": \"x\"}}'",
+                                         param_hint="--metadata") from None
+            if not isinstance(value, dict):
+                raise typer.BadParameter("give a JSON object, e.g. '{\"instrument\": \"x\"}'",
+                                         param_hint="--metadata")
         out[name] = value
     return out
 

@@ -162,6 +162,7 @@ class InputDef:
     description: str | None = None
     line: int | None = None
     provided: str | None = None  # metadata hpcwaas.provided: run_id | deployment_id (set by the engine)
+    constraints: list[Any] = field(default_factory=list)  # TOSCA constraint clauses (deployer.constraints)
 
     @property
     def mandatory(self) -> bool:

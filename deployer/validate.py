@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from deployer import constraints
 from deployer.errors import FunctionError, InputError, Issue, TemplateError
 from deployer.functions import Context, Evaluator, function_name
 from deployer.loader import Package, YamlDocument, read_yaml, resolve_inside
@@ -357,8 +358,24 @@ def _input_defs(raw: Any, doc: YamlDocument | None, prefix: tuple[str, ...]) -> 
             description=spec.get("description"),
             line=doc.line(*prefix, name) if doc else None,
             provided=str(provided) if provided is not None else None,
+            constraints=_constraint_list(spec.get("constraints")),
         )
     return out
+
+
+def _constraint_list(raw: Any) -> list[Any]:
+    if raw is None:
+        return []
+    return list(raw) if isinstance(raw, list) else [raw]  # not a list: its one clause is refused below
+
+
+def _check_constraints(chk: _Checker, defs: Mapping[str, InputDef], path: tuple[str, ...], field: str) -> None:
+    """Constraint clauses the deployer cannot check are refused at validation, with their line."""
+    for name, idef in defs.items():
+        for clause in idef.constraints:
+            problem = constraints.clause_problem(clause)
+            if problem is not None:
+                chk.add(f"input {name!r}: {problem}", *path, name, "constraints", field=f"{field}.{name}.constraints")
 
 
 #: Values the engine gives to workflow inputs declared with ``metadata: {hpcwaas.provided: <name>}``.
@@ -401,6 +418,9 @@ def resolve_inputs(decls: Mapping[str, InputDef], given: Mapping[str, Any], *, w
     for name, spec in decls.items():
         if name in given:
             out[name] = coerce_input(spec, given[name])
+            broken = constraints.violation(spec.constraints, out[name])
+            if broken is not None:
+                raise InputError(f"{what} {name!r} {broken}, not {out[name]!r}", name=name)
         elif spec.default is not None:
             out[name] = spec.default
         elif spec.mandatory:
@@ -914,6 +934,7 @@ def _workflows(
             chk.add("a workflow must be a map", *base, field=f"workflows.{wname}")
             continue
         winputs = _input_defs(wdef.get("inputs"), chk.main, (*base, "inputs"))
+        _check_constraints(chk, winputs, (*base, "inputs"), f"workflows.{wname}.inputs")
         for iname, idef in winputs.items():
             if idef.provided is not None and idef.provided not in PROVIDED_INPUTS:
                 chk.add(
@@ -1064,6 +1085,8 @@ def load_topology(
     chk.registry.add_document(main, chk.entry, package.root)
 
     decls = _input_defs(topo_raw.get("inputs"), main, ("topology_template", "inputs"))
+    _check_constraints(chk, decls, ("topology_template", "inputs"), "inputs")
+    chk.fail_if_issues()
     given = dict(inputs or {})
     resolved: dict[str, Any] = {}
     if check_inputs:

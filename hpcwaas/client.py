@@ -55,7 +55,8 @@ class Client:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ApiError(0, "gateway_unreachable", f"cannot reach the gateway at {self._http.base_url}: {exc}",
-                           hint="is it running? (waas serve, or make demo)") from exc
+                           hint="is it running (waas admin serve, or make demo)? "
+                                "Check the URL with 'waas config show'") from exc
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]

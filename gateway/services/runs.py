@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from deployer import constraints
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from gateway.persistence.models import (
     EXECUTION_TERMINAL,
@@ -56,12 +57,15 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
         if name in reserved and name in declared:
             raise InvalidInput(f"input {name!r} is set by the gateway from the site and your SSH key",
                                field=f"inputs.{name}")
+        if declared.get(name, {}).get("provided"):
+            raise InvalidInput(f"input {name!r} is set by the engine for each run", field=f"inputs.{name}",
+                               hint="leave it out")
         if name not in declared:
             known = ", ".join(sorted(n for n in declared if n not in reserved)) or "none"
             raise InvalidInput(f"{where} has no input {name!r}", hint=f"its inputs are: {known}",
                                field=f"inputs.{name}")
     for name, spec in declared.items():
-        if name in reserved:
+        if name in reserved or spec.get("provided"):
             continue
         if name not in given:
             if spec.get("required") and spec.get("default") is None and not spec.get("secret"):
@@ -73,9 +77,20 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
         value = given[name]
         bad_bool = isinstance(value, bool) and expected is not None and bool not in expected
         if expected is not None and (not isinstance(value, expected) or bad_bool):
-            raise InvalidInput(f"input {name!r} of {where} must be a {spec.get('type')}, not {type(value).__name__}",
-                               field=f"inputs.{name}")
+            kind = str(spec.get("type"))
+            raise InvalidInput(f"input {name!r} of {where} must be {_article(kind)} {kind}, "
+                               f"not {_article(type(value).__name__)} {type(value).__name__}",
+                               field=f"inputs.{name}",
+                               hint=f"send it as a JSON string (with the CLI: -i '{name}=\"{value}\"')"
+                               if kind == "string" else None)
+        broken = constraints.violation(spec.get("constraints") or [], value)
+        if broken is not None:
+            raise InvalidInput(f"input {name!r} of {where} {broken}, not {value!r}", field=f"inputs.{name}")
     return dict(given)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _visible_version(db: Session, user: User, workflow_ref: str, number: int | None) -> WorkflowVersion:

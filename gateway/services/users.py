@@ -117,7 +117,8 @@ def authenticate(db: Session, token: str) -> User:
 def require_role(user: User, *roles: Role) -> None:
     """Raise PermissionDenied unless the user has one of the roles (admins always pass)."""
     if user.role != Role.ADMIN and user.role not in roles:
-        allowed = ", ".join(sorted({"admin", *(r.value for r in roles)}))
+        names = sorted({"admin", *(r.value for r in roles)})
+        allowed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise PermissionDenied(f"this needs the role {allowed}; you are {user.role.value}")
 
 

@@ -176,7 +176,8 @@ def describe(topology: Topology) -> dict[str, Any]:
     def inputs_of(defs: dict[str, Any]) -> dict[str, Any]:
         return {
             name: {"type": d.type, "required": d.mandatory, "default": None if d.secret else d.default,
-                   "secret": d.secret, "description": d.description}
+                   "secret": d.secret, "description": d.description, "constraints": d.constraints,
+                   "provided": d.provided}
             for name, d in defs.items()
         }
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpcwaas.client import ApiError, Client
@@ -67,17 +68,19 @@ def errors() -> Iterator[None]:
     try:
         yield
     except ApiError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message} [dim]({exc.status} {exc.code})[/dim]")
+        # Messages quote patterns and paths: "[a-z]" must print as text, not as console markup.
+        status = f"{exc.status} {exc.code}" if exc.status else exc.code
+        err_console.print(f"[red]error:[/red] {escape(exc.message)} [dim]({escape(status)})[/dim]")
         if exc.hint:
-            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}")
+            err_console.print(f"  [yellow]hint:[/yellow] {escape(exc.hint)}")
         if isinstance(exc.details, list):
             for d in exc.details[:10]:
-                err_console.print(f"  - {d.get('field')}: {d.get('message')}")
+                err_console.print(f"  - {escape(str(d.get('field')))}: {escape(str(d.get('message')))}")
         raise typer.Exit(1) from None
     except HpcwaasError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
         if exc.hint:
-            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}")
+            err_console.print(f"  [yellow]hint:[/yellow] {escape(exc.hint)}")
         raise typer.Exit(1) from None
 
 

@@ -21,10 +21,27 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "tosca" / "examples"
 @pytest.fixture
 def deployed(people: dict[str, Person], settings: Settings, site: SiteInfo) -> dict[str, Any]:
     """A registered hello-local workflow with a deployment marked deployed (no engine involved)."""
+    return _deployed(people, settings, site)
+
+
+# The execute workflow's inputs, with TOSCA constraints and an input the engine provides.
+CONSTRAINED = """who: {type: string, default: world, constraints: [{min_length: 2}, {pattern: '[a-z]+'}]}
+        times: {type: integer, default: 1, constraints: [{in_range: [1, 5]}]}
+        tone: {type: string, default: calm, constraints: [{valid_values: [calm, loud]}]}
+        run_id: {type: string, required: false, metadata: {hpcwaas.provided: run_id}}"""
+
+
+def _deployed(people: dict[str, Person], settings: Settings, site: SiteInfo,
+              execute_inputs: str | None = None) -> dict[str, Any]:
     registered_site(people["admin"], site)
     name = f"inv-{uuid.uuid4().hex[:8]}"
     folder = settings.registry_roots[0] / name
     shutil.copytree(EXAMPLES / "hello-local", folder)
+    if execute_inputs is not None:
+        service = folder / "service.yaml"
+        text = service.read_text()
+        assert "who: {type: string, default: world}" in text
+        service.write_text(text.replace("who: {type: string, default: world}", execute_inputs, 1))
     version = people["dave"].post("/workflows", json={
         "name": name, "source": {"kind": "folder", "path": str(folder)},
         "visibility": {"mode": "restricted", "users": ["alice"]}}).json()["version"]
@@ -70,6 +87,49 @@ def test_inputs_are_checked_before_anything_runs(people: dict[str, Person], depl
     no_workflow = alice.post(url, json={"ssh_key": deployed["alice_key"], "workflow_name": "nope"})
     assert no_workflow.status_code == 422 and "nope" in error_of(no_workflow)["message"]
     assert alice.get("/executions", params={"workflow": deployed["name"]}).json() == []
+
+
+def test_declared_constraints_and_engine_inputs_are_enforced(people: dict[str, Person], settings: Settings,
+                                                             site: SiteInfo) -> None:
+    deployed = _deployed(people, settings, site, CONSTRAINED)
+    alice = people["alice"]
+    url = f"/workflows/{deployed['name']}/executions"
+
+    def refused(inputs: dict[str, Any]) -> dict[str, Any]:
+        resp = alice.post(url, json={"inputs": inputs, "ssh_key": deployed["alice_key"]})
+        assert resp.status_code == 422, resp.text
+        return error_of(resp)
+
+    shown = people["alice"].get(f"/workflows/{deployed['name']}").json()
+    declared = shown["latest"]["workflows"]["execute"]["inputs"]
+    assert declared["times"]["constraints"] == [{"in_range": [1, 5]}] and declared["run_id"]["provided"] == "run_id"
+    for inputs, words in (({"times": 0}, "between 1 and 5"), ({"times": 99999999999999999999}, "between 1 and 5"),
+                          ({"who": "a"}, "at least 2 characters"), ({"who": "Ada!"}, "pattern"),
+                          ({"tone": "angry"}, "one of 'calm', 'loud'")):
+        error = refused(inputs)
+        name = next(iter(inputs))
+        assert words in error["message"] and error["details"]["field"] == f"inputs.{name}", error
+    error = refused({"run_id": "../../etc"})
+    assert "set by the engine" in error["message"] and error["details"]["field"] == "inputs.run_id"
+    wrong = refused({"who": 123})
+    assert "must be a string, not an int" in wrong["message"] and "who=\"123\"" in wrong["hint"]
+    ok = alice.post(url, json={"inputs": {"who": "ada", "times": 5, "tone": "loud"}, "ssh_key": deployed["alice_key"]})
+    assert ok.status_code == 202, ok.text
+    assert alice.get("/executions", params={"workflow": deployed["name"]}).json()[0]["id"] == ok.json()["id"]
+
+
+def test_a_constraint_the_deployer_cannot_check_is_refused_at_registration(
+        people: dict[str, Person], settings: Settings) -> None:
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    folder = settings.registry_roots[0] / name
+    shutil.copytree(EXAMPLES / "hello-local", folder)
+    service = folder / "service.yaml"
+    service.write_text(service.read_text().replace(
+        "who: {type: string, default: world}", "who: {type: string, default: world, constraints: [{shorter: 3}]}", 1))
+    resp = people["dave"].post("/workflows", json={"name": name, "source": {"kind": "folder", "path": str(folder)}})
+    assert resp.status_code == 422, resp.text
+    body = resp.text
+    assert "unknown constraint 'shorter'" in body and "service.yaml" in body
 
 
 def test_only_your_own_key(people: dict[str, Person], deployed: dict[str, Any]) -> None:

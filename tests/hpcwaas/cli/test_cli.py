@@ -55,6 +55,21 @@ def test_no_token_says_what_to_do(waas) -> None:
     assert "no API token given" in result.output and "hint" in result.output
 
 
+def test_errors_print_brackets_as_text_and_bad_metadata_is_a_usage_error(waas, people: dict[str, Person],
+                                                                         unique: str) -> None:
+    token = people["alice"].token
+    made = waas("--json", "catalogue", "add", "--title", f"brackets {unique}", "--access", "public", token=token)
+    assert made.exit_code == 0, made.output
+    dataset = json.loads(made.output)["id"]
+    bad_reader = waas("catalogue", "edit", dataset, "--reader", "", token=token)
+    assert bad_reader.exit_code == 1
+    assert "[a-z]" in bad_reader.output  # the pattern in the API's message, not eaten as console markup
+    for value in ("{bad", "[1, 2]"):
+        bad = waas("catalogue", "edit", dataset, "--metadata", value, token=token)
+        assert bad.exit_code == 2 and "--metadata" in bad.output and "Traceback" not in bad.output, bad.output
+    assert waas("catalogue", "rm", dataset, token=token).exit_code == 0
+
+
 def test_me_as_json(waas, people: dict[str, Person]) -> None:
     result = waas("--json", "users", "me", token=people["alice"].token)
     assert result.exit_code == 0, result.output

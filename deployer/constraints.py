@@ -1,0 +1,80 @@
+"""TOSCA 1.3 constraint clauses on input values (section 3.6.3): checked, not just declared.
+
+A clause is a one-key map, e.g. ``{in_range: [1, 10000]}`` or ``{valid_values: [a, b]}``. The
+deployer checks the clauses' shape when a template is validated (``clause_problem``) and every
+given value against them before anything runs (``violation``): the gateway refuses an invocation
+with a 422 naming the input, the CLI before it deploys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_COMPARE = {
+    "equal": ("equal to", lambda v, b: v == b),
+    "greater_than": ("greater than", lambda v, b: v > b),
+    "greater_or_equal": ("at least", lambda v, b: v >= b),
+    "less_than": ("less than", lambda v, b: v < b),
+    "less_or_equal": ("at most", lambda v, b: v <= b),
+}
+_LENGTH = {"length": "exactly", "min_length": "at least", "max_length": "at most"}
+OPERATORS = frozenset({*_COMPARE, *_LENGTH, "in_range", "valid_values", "pattern"})
+
+
+def clause_problem(clause: Any) -> str | None:
+    """What is wrong with a clause's shape, or None when it is a clause we check."""
+    if not isinstance(clause, dict) or len(clause) != 1:
+        return "a constraint is a map with one operator, e.g. {greater_or_equal: 1}"
+    (op, arg), = clause.items()
+    if op not in OPERATORS:
+        return f"unknown constraint {op!r}; known: {', '.join(sorted(OPERATORS))}"
+    if op == "in_range" and not (isinstance(arg, list) and len(arg) == 2):
+        return "in_range takes a list of two bounds, e.g. [1, 100]"
+    if op == "valid_values" and not (isinstance(arg, list) and arg):
+        return "valid_values takes a non-empty list"
+    if op in _LENGTH and not (isinstance(arg, int) and not isinstance(arg, bool) and arg >= 0):
+        return f"{op} takes a whole number"
+    if op == "pattern":
+        if not isinstance(arg, str):
+            return "pattern takes a regular expression as a string"
+        try:
+            re.compile(arg)
+        except re.error as exc:
+            return f"pattern is not a valid regular expression: {exc}"
+    return None
+
+
+def violation(clauses: Sequence[Any], value: Any) -> str | None:
+    """How ``value`` breaks the first clause it breaks (a phrase: "must be at least 1"), or None.
+
+    Clauses with a bad shape were refused at validation; here they are skipped. A value whose type
+    cannot be compared with a bound (a string against a number) breaks the clause."""
+    for clause in clauses:
+        if clause_problem(clause) is not None:
+            continue
+        (op, arg), = clause.items()
+        try:
+            if op in _COMPARE:
+                words, test = _COMPARE[op]
+                if not test(value, arg):
+                    return f"must be {words} {arg!r}"
+            elif op == "in_range":
+                low, high = arg
+                if not low <= value <= high:
+                    return f"must be between {low!r} and {high!r}"
+            elif op == "valid_values":
+                if value not in arg:
+                    return f"must be one of {', '.join(repr(v) for v in arg)}"
+            elif op in _LENGTH:
+                size = len(value)
+                if (op == "length" and size != arg) or (op == "min_length" and size < arg) \
+                        or (op == "max_length" and size > arg):
+                    return f"must have {_LENGTH[op]} {arg} {'characters' if isinstance(value, str) else 'items'}"
+            elif op == "pattern":
+                if not isinstance(value, str) or re.fullmatch(arg, value) is None:
+                    return f"must match the pattern {arg!r}"
+        except TypeError:
+            return f"cannot be compared with {op} {arg!r}"
+    return None
