@@ -21,6 +21,7 @@ _COMPARE = {
 }
 _LENGTH = {"length": "exactly", "min_length": "at least", "max_length": "at most"}
 OPERATORS = frozenset({*_COMPARE, *_LENGTH, "in_range", "valid_values", "pattern"})
+UNBOUNDED = "UNBOUNDED"
 
 
 def clause_problem(clause: Any) -> str | None:
@@ -61,9 +62,9 @@ def violation(clauses: Sequence[Any], value: Any) -> str | None:
                 if not test(value, arg):
                     return f"must be {words} {arg!r}"
             elif op == "in_range":
-                low, high = arg
-                if not low <= value <= high:
-                    return f"must be between {low!r} and {high!r}"
+                low, high = arg  # TOSCA writes an open upper end as UNBOUNDED
+                if not (low <= value and (high == UNBOUNDED or value <= high)):
+                    return f"must be at least {low!r}" if high == UNBOUNDED else f"must be between {low!r} and {high!r}"
             elif op == "valid_values":
                 if value not in arg:
                     return f"must be one of {', '.join(repr(v) for v in arg)}"

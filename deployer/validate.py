@@ -403,7 +403,8 @@ def coerce_input(spec: InputDef, value: Any) -> Any:
         if spec.type in ("list", "map"):
             return yaml.safe_load(value)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"input {spec.name!r} must be a {spec.type}, got {value!r}", name=spec.name) from exc
+        shown = "the value given" if spec.secret else repr(value)  # a secret is never echoed
+        raise InputError(f"input {spec.name!r} must be a {spec.type}, got {shown}", name=spec.name) from exc
     return value
 
 
@@ -420,7 +421,8 @@ def resolve_inputs(decls: Mapping[str, InputDef], given: Mapping[str, Any], *, w
             out[name] = coerce_input(spec, given[name])
             broken = constraints.violation(spec.constraints, out[name])
             if broken is not None:
-                raise InputError(f"{what} {name!r} {broken}, not {out[name]!r}", name=name)
+                shown = "the value given" if spec.secret else repr(out[name])
+                raise InputError(f"{what} {name!r} {broken}, not {shown}", name=name)
         elif spec.default is not None:
             out[name] = spec.default
         elif spec.mandatory:

@@ -76,16 +76,19 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
         expected = _TYPES.get(str(spec.get("type", "string")))
         value = given[name]
         bad_bool = isinstance(value, bool) and expected is not None and bool not in expected
+        secret = bool(spec.get("secret"))  # a secret value is never echoed in an error
         if expected is not None and (not isinstance(value, expected) or bad_bool):
             kind = str(spec.get("type"))
+            shown = "VALUE" if secret else value
             raise InvalidInput(f"input {name!r} of {where} must be {_article(kind)} {kind}, "
                                f"not {_article(type(value).__name__)} {type(value).__name__}",
                                field=f"inputs.{name}",
-                               hint=f"send it as a JSON string (with the CLI: -i '{name}=\"{value}\"')"
+                               hint=f"send it as a JSON string (with the CLI: -i '{name}=\"{shown}\"')"
                                if kind == "string" else None)
         broken = constraints.violation(spec.get("constraints") or [], value)
         if broken is not None:
-            raise InvalidInput(f"input {name!r} of {where} {broken}, not {value!r}", field=f"inputs.{name}")
+            shown = "the value given" if secret else repr(value)
+            raise InvalidInput(f"input {name!r} of {where} {broken}, not {shown}", field=f"inputs.{name}")
     return dict(given)
 
 

@@ -15,6 +15,8 @@ from deployer.validate import resolve_inputs
 @pytest.mark.parametrize(("clauses", "value", "broken"), [
     ([{"in_range": [1, 10]}], 0, "must be between 1 and 10"),
     ([{"in_range": [1, 10]}], 10, None),
+    ([{"in_range": [1, "UNBOUNDED"]}], 10**9, None),
+    ([{"in_range": [1, "UNBOUNDED"]}], 0, "must be at least 1"),
     ([{"greater_or_equal": 1}], 1, None),
     ([{"greater_than": 1}], 1, "must be greater than 1"),
     ([{"less_than": 5}], 7, "must be less than 5"),
@@ -54,3 +56,13 @@ def test_resolve_inputs_checks_given_values_after_coercion() -> None:
     with pytest.raises(InputError, match=r"input 'top' must be between 1 and 100, not -3") as err:
         resolve_inputs(decls, {"top": "-3"})
     assert err.value.name == "top"
+
+
+def test_a_secret_value_is_never_echoed() -> None:
+    decls = {"pin": InputDef(name="pin", type="integer", secret=True, constraints=[{"in_range": [1000, 9999]}])}
+    with pytest.raises(InputError) as err:
+        resolve_inputs(decls, {"pin": "31"})
+    assert "31" not in err.value.message and "between 1000 and 9999" in err.value.message
+    with pytest.raises(InputError) as err:
+        resolve_inputs(decls, {"pin": "s3cr3t-value"})
+    assert "s3cr3t-value" not in err.value.message

@@ -199,3 +199,15 @@ def test_logs_long_poll_returns_promptly_when_finished(people: dict[str, Person]
                            headers={"Authorization": f"Bearer {alice.token}"}) as stream:
         body = "".join(stream.iter_text())
     assert "event: end" in body
+
+
+def test_a_secret_input_value_is_never_echoed_in_an_error() -> None:
+    from gateway.errors import InvalidInput
+    from gateway.services.runs import check_inputs
+
+    declared = {"code": {"type": "string", "secret": True, "constraints": [{"min_length": 12}]}}
+    for value in ("s3cr3t", 4242):  # too short; not a string
+        with pytest.raises(InvalidInput) as err:
+            check_inputs(declared, {"code": value}, "w/execute")
+        text = f"{err.value.message} {err.value.hint}"
+        assert "s3cr3t" not in text and "4242" not in text, text
