@@ -169,6 +169,9 @@ def serve(config_file: str) -> None:
         app = create_app(Settings.model_validate(config["settings"]))
     else:
         app = bare_app(config["database_url"])
+    from gateway.main import freeze_startup_heap
+
+    freeze_startup_heap()  # both servers, as `waas admin serve` does
     uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning", access_log=False)
 
 

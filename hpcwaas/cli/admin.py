@@ -20,13 +20,15 @@ def serve(
     import uvicorn
 
     from gateway.core.db import upgrade
-    from gateway.main import create_app
+    from gateway.main import create_app, freeze_startup_heap
 
     settings = get_settings()
     with errors():
         if migrate:
             upgrade(settings.effective_database_url)
-    uvicorn.run(create_app(settings), host=host or settings.bind_host, port=port or settings.bind_port,
+    app_ = create_app(settings)
+    freeze_startup_heap()
+    uvicorn.run(app_, host=host or settings.bind_host, port=port or settings.bind_port,
                 log_level=settings.log_level.lower())
 
 
