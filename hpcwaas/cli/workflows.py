@@ -218,6 +218,10 @@ def run(
                                       f"follow it with: waas executions logs {d['id']} --follow"))
 
 
+# Terminal states other than completed (gateway.persistence.models.ExecutionState).
+UNSUCCESSFUL = frozenset({"failed", "cancelled"})
+
+
 @executions.command("list")
 def list_executions(state: str = typer.Option(None), workflow: str = typer.Option(None),
                     limit: int = typer.Option(50)) -> None:
@@ -228,7 +232,10 @@ def list_executions(state: str = typer.Option(None), workflow: str = typer.Optio
 
 @executions.command("status")
 def status(execution_id: str) -> None:
-    """State, steps (with Slurm job and pipeline run ids), timings and outputs."""
+    """State, steps (with Slurm job and pipeline run ids), timings and outputs.
+
+    Exits 1 when the execution failed or was cancelled (0 when it completed or is still going),
+    so a script can test it."""
     with errors(), client() as api:
         out = api.get_execution(execution_id)
 
@@ -237,6 +244,8 @@ def status(execution_id: str) -> None:
         _print_result(d)
 
     emit(out, human)
+    if out.get("state") in UNSUCCESSFUL:
+        raise typer.Exit(1)
 
 
 @executions.command("logs")
