@@ -26,9 +26,9 @@ def serve(
     with errors():
         if migrate:
             upgrade(settings.effective_database_url)
-    app_ = create_app(settings)
+    gateway_app = create_app(settings)
     freeze_startup_heap()
-    uvicorn.run(app_, host=host or settings.bind_host, port=port or settings.bind_port,
+    uvicorn.run(gateway_app, host=host or settings.bind_host, port=port or settings.bind_port,
                 log_level=settings.log_level.lower())
 
 
