@@ -49,12 +49,17 @@ SessionDep = Annotated[Session, Depends(get_db)]
 VaultDep = Annotated[Vault, Depends(get_vault)]
 
 
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The token sent, or NotAuthenticated (401) when none was."""
+    if credentials is None or not credentials.credentials:
+        raise NotAuthenticated("no API token given", hint="send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
 def current_user(
     db: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> User:
-    if credentials is None or not credentials.credentials:
-        raise NotAuthenticated("no API token given", hint="send 'Authorization: Bearer <token>'")
-    return user_service.authenticate(db, credentials.credentials)
+    return user_service.authenticate(db, bearer_token(credentials))
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -70,11 +75,20 @@ async def as_user(request: Request, credentials: HTTPAuthorizationCredentials | 
     endpoint another, a third of the gateway's CPU per invocation (bench/invoke.py). ``fn`` must
     return what it needs loaded: the session is closed when the hop ends.
     """
+    def call(db: Session) -> T:
+        return fn(db, current_user(db, credentials), *args, **kwargs)
+
+    return await in_session(request, call)
+
+
+async def in_session(request: Request, fn: Callable[Concatenate[Session, P], T],
+                     *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call ``fn(db, ...)`` on a fresh session in one worker-thread hop (closed when it returns)."""
     sessions = request.app.state.sessions
 
     def call() -> T:
         with sessions() as db:
-            return fn(db, current_user(db, credentials), *args, **kwargs)
+            return fn(db, *args, **kwargs)
 
     return await run_in_threadpool(call)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -89,6 +89,14 @@ def revoke_token(db: Session, actor: User, token_id: str) -> ApiToken:
         record.revoked_at = utcnow()
         db.commit()
     return record
+
+
+def accepted_as_is(revoked_at: datetime | None, expires_at: datetime, last_used_at: datetime | None,
+                   disabled: bool, now: datetime) -> bool:
+    """Whether ``authenticate`` would accept this token and write nothing (for one-query fast paths:
+    anything else takes ``authenticate`` itself, for its error message or its last_used_at write)."""
+    return (revoked_at is None and expires_at > now and not disabled
+            and last_used_at is not None and now - last_used_at <= _LAST_USED_RESOLUTION)
 
 
 def authenticate(db: Session, token: str) -> User:

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,9 +305,17 @@ def _out(workflow: Workflow) -> WorkflowOut:
 
 def can_see(workflow: Workflow, user: User) -> bool:
     """Visibility: public, or owner, admin, listed user or member of a listed group."""
-    if workflow.visibility == Visibility.PUBLIC or user.role == Role.ADMIN or workflow.owner_id == user.id:
+    return visible(workflow.visibility, workflow.owner_id, workflow.allowed_users, workflow.allowed_groups,
+                   user.id, user.username, user.role, user.groups)
+
+
+def visible(visibility: Visibility, owner_id: str, allowed_users: Sequence[str] | None,
+            allowed_groups: Sequence[str] | None, user_id: str, username: str, role: Role,
+            groups: Sequence[str] | None) -> bool:
+    """can_see on plain values (the invoke hot path reads them as one row, not as objects)."""
+    if visibility == Visibility.PUBLIC or role == Role.ADMIN or owner_id == user_id:
         return True
-    return user.username in workflow.allowed_users or bool(set(user.groups or []) & set(workflow.allowed_groups))
+    return username in (allowed_users or ()) or bool(set(groups or ()) & set(allowed_groups or ()))
 
 
 _BY_ID_OR_NAME = select(Workflow).where(or_(Workflow.id == bindparam("ref"), Workflow.name == bindparam("ref")))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user
+from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user, bearer_token, in_session
 from gateway.persistence.models import ExecutionState, User
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
@@ -21,9 +21,9 @@ router = APIRouter(tags=["executions"])
              summary="Invoke a deployed workflow with inputs and your SSH key")
 async def invoke(ref: str, data: ExecutionCreate, request: Request, response: Response, token: BearerToken,
                  writer: Writer) -> ExecutionOut:
-    # The hot path: token and checks in one thread-pool hop, then the insert shares a commit
-    # with the invocations arriving at the same time (answered once committed).
-    execution = await as_user(request, token, service.new_execution, ref, data)
+    # The hot path: token and checks in one thread-pool hop (one query when all is in order), then
+    # the insert shares a commit with the invocations arriving at the same time (answered once committed).
+    execution = await in_session(request, service.accept_invocation, bearer_token(token), ref, data)
     await writer.add(execution)
     response.headers["Location"] = f"/executions/{execution.id}"
     return ExecutionOut.model_validate(execution)
