@@ -28,6 +28,7 @@ from deployer.validate import resolve_inputs
     ([{"max_length": 2}], "abc", "must have at most 2 characters"),
     ([{"pattern": "[a-z]+"}], "abc1", "must match the pattern '[a-z]+'"),  # the whole value must match
     ([{"pattern": "[a-z]+"}], "abc", None),
+    ([{"pattern": "[a-zé]+"}], "café", None),
     ([{"greater_than": 1}], "text", "cannot be compared with greater_than 1"),
     ([{"min_length": 1}, {"in_range": [1, 3]}], 9, "cannot be compared with min_length 1"),
 ])
@@ -40,13 +41,21 @@ def test_violations(clauses: list[Any], value: Any, broken: str | None) -> None:
     ({"in_range": [1]}, "in_range takes a list of two bounds"),
     ({"valid_values": []}, "valid_values takes a non-empty list"),
     ({"min_length": -1}, "min_length takes a whole number"),
-    ({"pattern": "(["}, "pattern is not a valid regular expression"),
+    ({"pattern": "(["}, "pattern is not a valid regular expression (RE2 syntax): missing ]: ["),
+    ({"pattern": r"(a)\1"}, "invalid escape sequence: \\1"),  # backreferences: not in RE2
+    ({"pattern": "a(?=b)"}, "invalid perl operator: (?="),  # nor lookaround
     ({"equal": 1, "less_than": 2}, "one operator"),
     ("greater_than 1", "one operator"),
 ])
 def test_clause_problems(clause: Any, problem: str) -> None:
     found = clause_problem(clause)
     assert found is not None and problem in found
+
+
+def test_a_backtracking_pattern_cannot_hold_the_gateway() -> None:
+    # Python's re backtracks for ever here (2^n paths, GIL held); RE2 answers in linear time.
+    assert violation([{"pattern": "(a+)+$"}], "a" * 100_000 + "!") == "must match the pattern '(a+)+$'"
+    assert violation([{"pattern": "(a+)+$"}], "a" * 100_000) is None
 
 
 def test_resolve_inputs_checks_given_values_after_coercion() -> None:
