@@ -164,12 +164,13 @@ _READY_DEPLOYMENTS = (select(Deployment, WorkflowVersion.workflows)
                       .join(WorkflowVersion, WorkflowVersion.id == Deployment.version_id)
                       .where(Deployment.workflow_id == bindparam("workflow_id"),
                              Deployment.state == DeploymentState.DEPLOYED, Deployment.target == "deployed")
-                      .order_by(Deployment.created_at.desc()).limit(1))
+                      .order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(1))
 
 
 def _pick_deployment(db: Session, user: User, workflow_id: str,
                      data: ExecutionCreate) -> tuple[Deployment, dict[str, Any]]:
     """The deployment to run and the TOSCA workflows its version declares (one query when picked)."""
+    # Mirrored by _fast_execution for the ordinary case: a check added here belongs there too.
     if data.deployment is not None:
         deployment = get_deployment(db, user, data.deployment)
         if deployment.workflow_id != workflow_id:
@@ -205,7 +206,7 @@ def _invoke_context() -> Select[Any]:
     ready = (select(deployment.id)
              .where(deployment.workflow_id == workflow.id, deployment.state == DeploymentState.DEPLOYED,
                     deployment.target == "deployed")
-             .order_by(deployment.created_at.desc()).limit(1)
+             .order_by(deployment.created_at.desc(), deployment.id.desc()).limit(1)
              .correlate(Workflow.__table__).scalar_subquery())
     return (select(token.revoked_at, token.expires_at, token.last_used_at, user.id.label("user_id"),
                    user.username, user.role, user.groups, user.disabled,
@@ -246,8 +247,9 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
     now = utcnow()
     if not user_service.accepted_as_is(row.revoked_at, row.expires_at, row.last_used_at, row.disabled, now):
         return None
-    if not workflow_service.visible(row.visibility, row.owner_id, row.allowed_users, row.allowed_groups,
-                                    row.user_id, row.username, row.role, row.groups):
+    if not workflow_service.visible(row.visibility, owner_id=row.owner_id, allowed_users=row.allowed_users,
+                                    allowed_groups=row.allowed_groups, user_id=row.user_id,
+                                    username=row.username, role=row.role, groups=row.groups):
         return None
     declared = (row.workflows or {}).get(data.workflow_name)
     login = data.login or row.key_login
@@ -269,6 +271,7 @@ def create_execution(db: Session, user: User, workflow_ref: str, data: Execution
 
 def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
     """A checked, not yet persisted invocation: inputs checked, caller's own key, a deployed deployment."""
+    # Mirrored by _fast_execution (one query) for the ordinary case: keep the two in step.
     workflow = workflow_service.get_visible(db, user, workflow_ref)
     deployment, workflows = _pick_deployment(db, user, workflow.id, data)
     declared = workflows.get(data.workflow_name)

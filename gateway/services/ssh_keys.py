@@ -82,6 +82,7 @@ def import_key(db: Session, vault: Vault, user: User, data: SSHKeyImport) -> SSH
 def get_owned(db: Session, user: User, key_id: str) -> SSHKey:
     """A key the caller owns. Another user's key is reported as absent: ids are not secrets,
     but neither is their existence anyone else's business."""
+    # Mirrored by the join in runs._invoke_context (key.user_id == user.id).
     key = repo.ssh_key_by_id(db, key_id)
     if key is None or key.user_id != user.id:
         raise NotFound(f"you have no SSH key {key_id!r}", hint="list yours with 'waas ssh-keys list'")

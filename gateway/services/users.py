@@ -101,6 +101,7 @@ def accepted_as_is(revoked_at: datetime | None, expires_at: datetime, last_used_
 
 def authenticate(db: Session, token: str) -> User:
     """The user a bearer token belongs to; NotAuthenticated if unknown, expired or revoked."""
+    # Mirrored by accepted_as_is (the one-query invoke path): a new check goes in both.
     record = repo.token_by_hash(db, hash_token(token))
     if record is None:
         raise NotAuthenticated("the token is not valid", hint="create a token with 'waas tokens create'")

@@ -305,11 +305,13 @@ def _out(workflow: Workflow) -> WorkflowOut:
 
 def can_see(workflow: Workflow, user: User) -> bool:
     """Visibility: public, or owner, admin, listed user or member of a listed group."""
-    return visible(workflow.visibility, workflow.owner_id, workflow.allowed_users, workflow.allowed_groups,
-                   user.id, user.username, user.role, user.groups)
+    # Mirrored by runs._fast_execution through visible(): a rule goes there, not here.
+    return visible(workflow.visibility, owner_id=workflow.owner_id, allowed_users=workflow.allowed_users,
+                   allowed_groups=workflow.allowed_groups, user_id=user.id, username=user.username,
+                   role=user.role, groups=user.groups)
 
 
-def visible(visibility: Visibility, owner_id: str, allowed_users: Sequence[str] | None,
+def visible(visibility: Visibility, *, owner_id: str, allowed_users: Sequence[str] | None,
             allowed_groups: Sequence[str] | None, user_id: str, username: str, role: Role,
             groups: Sequence[str] | None) -> bool:
     """can_see on plain values (the invoke hot path reads them as one row, not as objects)."""

@@ -44,6 +44,8 @@ EXECUTE = {"execute": {"inputs": {"who": {"type": "string", "default": "world",
                                           "constraints": [{"min_length": 2}]},
                                   "times": {"type": "integer", "required": True}}},
            "other": {"inputs": {}}}
+# A later version's execute workflow takes one more input (and has no "other").
+EXECUTE_V2 = {"execute": {"inputs": {**EXECUTE["execute"]["inputs"], "extra": {"type": "string", "default": "x"}}}}
 # token plaintext -> (user, revoked_at, expires_at, how long ago it was last used); the last use is
 # set again before each call, relative to then (the module may be imported long before it runs).
 TOKENS: dict[str, tuple[str, datetime | None, datetime, timedelta | None]] = {
@@ -86,22 +88,26 @@ def _world(db: Session) -> None:
     sites = [Site(id=f"s-{n}", name=n, login_host="h", work_dir="/w", host_key="k", host_key_fingerprint="f")
              for n in ("north", "south")]
     db.add_all(sites)
-    db.add_all([SSHKey(id="k-alice", user_id="u-alice", name="a", key_type="ed25519", public_key="p",
-                       fingerprint="f", login="sciuser1", origin="generated"),
-                SSHKey(id="k-alice-nologin", user_id="u-alice", name="b", key_type="ed25519", public_key="p",
-                       fingerprint="f", login=None, origin="generated"),
-                SSHKey(id="k-bob", user_id="u-bob", name="a", key_type="ed25519", public_key="p",
-                       fingerprint="f", login="sciuser2", origin="generated")])
+    # A key with a login for everyone (eve's account is disabled), and one without for alice.
+    db.add_all([SSHKey(id=f"k-{name}", user_id=f"u-{name}", name="a", key_type="ed25519", public_key="p",
+                       fingerprint="f", login=f"sci-{name}", origin="generated") for name in users])
+    db.add(SSHKey(id="k-alice-nologin", user_id="u-alice", name="b", key_type="ed25519", public_key="p",
+                  fingerprint="f", login=None, origin="generated"))
+    deployed, deploying = DeploymentState.DEPLOYED, DeploymentState.DEPLOYING
     workflows = {
-        # name -> (visibility, allowed users, allowed groups, deployments: (state, target, site, age))
-        "public": (Visibility.PUBLIC, [], [], [(DeploymentState.DEPLOYED, "deployed", "north", 2),
-                                                (DeploymentState.DEPLOYED, "deployed", "south", 1)]),
-        "for-alice": (Visibility.RESTRICTED, ["alice"], [], [(DeploymentState.DEPLOYED, "deployed", "north", 1)]),
-        "for-lab": (Visibility.RESTRICTED, [], ["lab"], [(DeploymentState.DEPLOYED, "deployed", "south", 1)]),
-        "undeploying": (Visibility.PUBLIC, [], [], [(DeploymentState.DEPLOYED, "undeployed", "north", 1)]),
-        "installing": (Visibility.PUBLIC, [], [], [(DeploymentState.DEPLOYING, "deployed", "north", 1)]),
-        "undeployed": (Visibility.PUBLIC, [], [], [(DeploymentState.UNDEPLOYED, "undeployed", "north", 1),
-                                                    (DeploymentState.FAILED, "deployed", "north", 2)]),
+        # name -> (visibility, allowed users, allowed groups,
+        #          deployments: (state, target, site, hours old, version number))
+        "public": (Visibility.PUBLIC, [], [], [(deployed, "deployed", "north", 2, 1),
+                                                (deployed, "deployed", "south", 1, 2)]),
+        "for-alice": (Visibility.RESTRICTED, ["alice"], [], [(deployed, "deployed", "north", 1, 1)]),
+        "for-lab": (Visibility.RESTRICTED, [], ["lab"], [(deployed, "deployed", "south", 1, 2)]),
+        "undeploying": (Visibility.PUBLIC, [], [], [(deployed, "undeployed", "north", 1, 1)]),
+        "installing": (Visibility.PUBLIC, [], [], [(deploying, "deployed", "north", 1, 1)]),
+        "undeployed": (Visibility.PUBLIC, [], [], [(DeploymentState.UNDEPLOYED, "undeployed", "north", 1, 1),
+                                                    (DeploymentState.FAILED, "deployed", "north", 2, 1)]),
+        # Two deployments made at the same instant, of different versions: the larger id wins.
+        "tied": (Visibility.PUBLIC, [], [], [(deployed, "deployed", "north", 1, 2),
+                                              (deployed, "deployed", "south", 1, 1)]),
         "w-public": (Visibility.PUBLIC, [], [], []),  # named like the id of "public": the id wins
     }
     db.flush()
@@ -109,11 +115,13 @@ def _world(db: Session) -> None:
         db.add(Workflow(id=f"w-{name}", name=name, owner_id="u-dave", visibility=visibility,
                         allowed_users=allowed, allowed_groups=groups))
         db.flush()
-        db.add(WorkflowVersion(id=f"v-{name}", workflow_id=f"w-{name}", number=1, digest="sha256:0", source={},
-                               bundle="/b", entry="service.yaml", workflows=EXECUTE))
+        for number, declared in ((1, EXECUTE), (2, EXECUTE_V2)):
+            db.add(WorkflowVersion(id=f"v-{name}-{number}", workflow_id=f"w-{name}", number=number,
+                                   digest=f"sha256:{number}", source={}, bundle="/b", entry="service.yaml",
+                                   workflows=declared))
         db.flush()
-        for i, (state, target, site, age) in enumerate(deployments):
-            db.add(Deployment(id=f"d-{name}-{i}", workflow_id=f"w-{name}", version_id=f"v-{name}",
+        for i, (state, target, site, age, number) in enumerate(deployments):
+            db.add(Deployment(id=f"d-{name}-{i}", workflow_id=f"w-{name}", version_id=f"v-{name}-{number}",
                               site_id=f"s-{site}", owner_id="u-dave", ssh_key_id="k", login="dev", state=state,
                               target=target, created_at=NOW - timedelta(hours=age)))
     db.commit()
@@ -148,13 +156,15 @@ def _full_path(db: Session, token: str, ref: str, data: ExecutionCreate) -> Any:
 
 
 REFS = ["public", "w-public", "for-alice", "w-for-alice", "for-lab", "undeploying", "installing", "undeployed",
-        "nope"]
+        "tied", "nope"]
 BODIES: list[dict[str, Any]] = [
     {"inputs": {"times": 2}, "ssh_key": "k-alice"},
     {"inputs": {"times": 2, "who": "ada"}, "ssh_key": "k-alice", "login": "other"},
     {"inputs": {"times": 2}, "ssh_key": "k-alice-nologin"},
     {"inputs": {"times": 2}, "ssh_key": "k-alice-nologin", "login": "sciuser9"},
-    {"inputs": {"times": 2}, "ssh_key": "k-bob"},
+    *({"inputs": {"times": 2}, "ssh_key": f"k-{name}"} for name in ("bob", "carol", "dave", "root", "eve")),
+    {"inputs": {"times": 2, "extra": "y"}, "ssh_key": "k-alice"},
+    {"inputs": {"times": 2, "extra": "y"}, "ssh_key": "k-carol"},
     {"inputs": {"times": 2}, "ssh_key": "k-none"},
     {"inputs": {}, "ssh_key": "k-alice"},
     {"inputs": {"times": "2"}, "ssh_key": "k-alice"},
@@ -188,14 +198,31 @@ def test_fast_path_answers_as_the_full_path(db: Session) -> None:
 
 def test_fast_path_takes_the_ordinary_cases(db: Session) -> None:
     _reset_tokens(db)
-    ordinary = ExecutionCreate.model_validate({"inputs": {"times": 2}, "ssh_key": "k-alice"})
-    execution = runs._fast_execution(db, "alice-fresh", "public", ordinary)
-    assert execution is not None
-    assert (execution.deployment_id, execution.login, execution.owner_id) == ("d-public-1", "sciuser1", "u-alice")
+
+    def fast(token: str, ref: str, key: str, **extra: Any) -> tuple[str, str, str] | None:
+        data = ExecutionCreate.model_validate({"inputs": {"times": 2, **extra}, "ssh_key": key})
+        execution = runs._fast_execution(db, token, ref, data)
+        assert not (db.new or db.dirty), "the fast path writes nothing"
+        return None if execution is None else (execution.deployment_id, execution.login, execution.owner_id)
+
+    assert fast("alice-fresh", "public", "k-alice") == ("d-public-1", "sci-alice", "u-alice")
+    assert fast("alice-fresh", "public", "k-alice", extra="y") == ("d-public-1", "sci-alice", "u-alice")  # v2
+    assert fast("alice-fresh", "tied", "k-alice") == ("d-tied-1", "sci-alice", "u-alice")
+    # Each way of seeing a restricted workflow: listed user, group member, owner, admin.
+    assert fast("alice-fresh", "for-alice", "k-alice") == ("d-for-alice-0", "sci-alice", "u-alice")
+    assert fast("carol-in-group", "for-lab", "k-carol") == ("d-for-lab-0", "sci-carol", "u-carol")
+    assert fast("dave-owner", "for-alice", "k-dave") == ("d-for-alice-0", "sci-dave", "u-dave")
+    assert fast("root-admin", "for-lab", "k-root") == ("d-for-lab-0", "sci-root", "u-root")
     # Anything that needs a write or an error message goes the full way.
-    assert runs._fast_execution(db, "alice-never-used", "public", ordinary) is None
-    assert runs._fast_execution(db, "alice-used-an-hour-ago", "public", ordinary) is None
-    assert runs._fast_execution(db, "bob-fresh", "for-alice", ordinary) is None
+    assert fast("bob-fresh", "for-alice", "k-bob") is None
+    assert fast("carol-in-group", "for-alice", "k-carol") is None
+    assert fast("eve-disabled", "public", "k-eve") is None
+    assert fast("alice-revoked", "public", "k-alice") is None
+    assert fast("alice-expired", "public", "k-alice") is None
+    assert fast("alice-never-used", "public", "k-alice") is None
+    assert fast("alice-used-an-hour-ago", "public", "k-alice") is None
+    assert fast("alice-fresh", "public", "k-bob") is None
+    assert fast("alice-fresh", "undeploying", "k-alice") is None
 
 
 def test_full_path_still_records_the_tokens_last_use(db: Session) -> None:
