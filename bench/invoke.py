@@ -7,7 +7,8 @@ Two comparisons, each against a baseline measured in the same run:
    subprocess on a free loopback port, engine off, so only acceptance is measured), with a valid
    token and SSH key. The baseline is a bare FastAPI endpoint doing one insert, on the same kind of
    database (made by the same ``make_engine``), served the same way and loaded by the same client.
-   Targets: at least 0.5x of the bare endpoint's throughput, p99 under 100 ms.
+   Targets: at least 0.5x of the bare endpoint's throughput (closed loop), p99 under 100 ms (open
+   loop at half the bare maximum; alternating rounds, judged on the median round, every round shown).
 2. A no-op workflow end to end: a BatchJob running ``true`` on the run_site (the invoking user's
    own site account), deployed and invoked through the gateway with the engine on; invoke ->
    completed wall time, as seen by a client polling the execution. The baseline is what a user
@@ -487,8 +488,13 @@ def accept_bench(args: argparse.Namespace, workdir: Path, dbs: Databases) -> Non
         # Open loop at the throughput target (half the bare endpoint's maximum), the same for both.
         rate = args.paced_fraction * bare.rate
         paced_requests = max(200, int(rate * args.paced_seconds))
-        ours_paced = paced(url, token, body, rate, paced_requests, args.concurrency)
-        bare_paced = paced(bare_at, token, body, rate, paced_requests, args.concurrency)
+        # Rounds alternate so that a burst of the machine's own noise (a 2-core VM whose bare
+        # endpoint's p99 ranged 12 to 670 ms between rounds) lands on either server, not one.
+        ours_rounds: list[Load] = []
+        bare_rounds: list[Load] = []
+        for _ in range(args.paced_rounds):
+            ours_rounds.append(paced(url, token, body, rate, paced_requests, args.concurrency))
+            bare_rounds.append(paced(bare_at, token, body, rate, paced_requests, args.concurrency))
     if profile:
         print(f"profile of the gateway: {profile}")
 
@@ -499,13 +505,18 @@ def accept_bench(args: argparse.Namespace, workdir: Path, dbs: Databases) -> Non
     print(_row("  gateway POST .../executions", ours))
     print(_row("  bare FastAPI, one insert", bare))
     print(f"open loop, {rate:.0f} req/s offered ({args.paced_fraction:.2f}x the bare maximum), "
-          f"{paced_requests} requests, latency from when each was due:")
-    print(_row("  gateway POST .../executions", ours_paced))
-    print(_row("  bare FastAPI, one insert", bare_paced))
+          f"{args.paced_rounds} alternating rounds of {paced_requests} requests, latency from when each was due:")
+    for i, (ours_paced, bare_paced) in enumerate(zip(ours_rounds, bare_rounds, strict=True), 1):
+        print(_row(f"  round {i}: gateway", ours_paced))
+        print(_row(f"  round {i}: bare", bare_paced))
     ratio = ours.rate / bare.rate
     print(f"throughput ratio gateway/bare: {ratio:.2f} (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'})")
-    print(f"gateway p99 at {rate:.0f} req/s from {args.concurrency} clients: {ours_paced.p(99):.1f} ms "
-          f"(target < 100: {'met' if ours_paced.p(99) < 100 else 'NOT met'}); bare: {bare_paced.p(99):.1f} ms")
+    ours_p99 = statistics.median(r.p(99) for r in ours_rounds)
+    bare_p99 = statistics.median(r.p(99) for r in bare_rounds)
+    print(f"gateway p99 at {rate:.0f} req/s from {args.concurrency} clients, median of the rounds: {ours_p99:.1f} ms "
+          f"(target < 100: {'met' if ours_p99 < 100 else 'NOT met'}; rounds met: "
+          f"{sum(r.p(99) < 100 for r in ours_rounds)}/{len(ours_rounds)}); "
+          f"bare: {bare_p99:.1f} ms (rounds under 100: {sum(r.p(99) < 100 for r in bare_rounds)}/{len(bare_rounds)})")
     # Little's law: with every client always waiting on a request, mean latency = clients / rate.
     print(f"closed loop: with {args.concurrency} clients always in flight the mean latency is clients/rate, "
           f"{1000 * args.concurrency / ours.rate:.0f} ms at the gateway's rate and "
@@ -607,6 +618,8 @@ def main() -> None:
     parser.add_argument("--paced-fraction", type=float, default=0.5,
                         help="open-loop offered load, as a fraction of the bare endpoint's closed-loop maximum")
     parser.add_argument("--paced-seconds", type=float, default=30, help="length of each open-loop run")
+    parser.add_argument("--paced-rounds", type=int, default=3,
+                        help="open-loop rounds of each server, alternating; p99 is judged on their median")
     parser.add_argument("--runs", type=int, default=10, help="end-to-end runs of each kind")
     parser.add_argument("--poll-interval", type=float, default=0.2, help="the BatchJob's first poll interval (s)")
     parser.add_argument("--client-poll", type=float, default=0.05, help="how often the client polls an execution")
