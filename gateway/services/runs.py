@@ -96,6 +96,34 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
     return dict(given)
 
 
+def check_datasets(db: Session, declared: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Any], where: str, *,
+                   user_id: str, username: str, admin: bool) -> None:
+    """Inputs a stage-in takes its dataset from must name a catalogue dataset the caller can read
+    and that has a location; 422 naming the input otherwise (a URL is left to the pipeline)."""
+    wanted = [(name, inputs[name]) for name, spec in declared.items()
+              if spec.get("catalogue_dataset") and isinstance(inputs.get(name), str)]
+    if not wanted:
+        return
+    try:
+        from catalogue import errors as catalogue_errors
+        from catalogue import service as catalogue
+    except ImportError:  # no catalogue here: the stage-in pipeline reports it
+        return
+    who = catalogue.Principal(user_id, username, admin)
+    for name, value in wanted:
+        if "://" in value or value.startswith("file:"):
+            continue
+        dataset_id = value.removeprefix("dataset:")
+        try:
+            catalogue.resolve(db, who, dataset_id)
+        except catalogue_errors.DatasetNotFound as exc:
+            raise InvalidInput(f"input {name!r} of {where} names no catalogue dataset you can read: {dataset_id!r}",
+                               hint="find one with 'waas catalogue search'", field=f"inputs.{name}") from exc
+        except catalogue_errors.Unresolvable as exc:
+            raise InvalidInput(f"input {name!r} of {where}: {exc.message}", hint=exc.hint,
+                               field=f"inputs.{name}") from exc
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
@@ -255,7 +283,10 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
     login = data.login or row.key_login
     if declared is None or not login:
         return None
-    inputs = check_inputs(declared.get("inputs", {}), data.inputs, f"{row.workflow_name}/{data.workflow_name}")
+    where = f"{row.workflow_name}/{data.workflow_name}"
+    inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
+    check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=row.user_id, username=row.username,
+                   admin=row.role == Role.ADMIN)
     return Execution(workflow_id=row.workflow_id, deployment_id=row.deployment_id, owner_id=row.user_id,
                      ssh_key_id=row.key_id, login=login, workflow_name=data.workflow_name, inputs=inputs,
                      state=ExecutionState.PENDING, wake_at=now)
@@ -279,7 +310,10 @@ def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCre
         raise InvalidInput(f"workflow {workflow.name!r} has no TOSCA workflow {data.workflow_name!r}",
                            hint=f"it has: {', '.join(sorted(workflows)) or 'none'}",
                            field="workflow_name")
-    inputs = check_inputs(declared.get("inputs", {}), data.inputs, f"{workflow.name}/{data.workflow_name}")
+    where = f"{workflow.name}/{data.workflow_name}"
+    inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
+    check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=user.id, username=user.username,
+                   admin=user.role == Role.ADMIN)
     key = key_service.get_owned(db, user, data.ssh_key)
     login = key_service.resolve_login(key, data.login)
     return Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deployer.api import validate_template
-from deployer.model import Topology
+from deployer.model import Topology, WorkflowDef
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from gateway.persistence.models import Role, User, Visibility, Workflow, WorkflowVersion
 from gateway.schemas.workflows import (
@@ -182,9 +182,18 @@ def describe(topology: Topology) -> dict[str, Any]:
         }
 
     nodes = []
+    kinds: dict[str, str] = {}
     for node in topology.nodes.values():
-        kind = next((_NODE_KINDS[t] for t in node.chain if t in _NODE_KINDS), "other")
+        kind = kinds[node.name] = next((_NODE_KINDS[t] for t in node.chain if t in _NODE_KINDS), "other")
         nodes.append({"name": node.name, "type": node.type, "kind": kind})
+
+    def workflow_inputs(wf: WorkflowDef) -> dict[str, Any]:
+        declared = inputs_of(wf.inputs)
+        for name in _staged_datasets(wf, kinds):
+            if name in declared:
+                declared[name]["catalogue_dataset"] = True
+        return declared
+
     return {
         "entry": topology.entry,
         "description": topology.description,
@@ -192,11 +201,29 @@ def describe(topology: Topology) -> dict[str, Any]:
         "outputs": {name: (value if isinstance(value, str | int | float | bool) else {"expression": value})
                     for name, value in topology.outputs.items()},
         "workflows": {
-            name: {"description": wf.description, "inputs": inputs_of(wf.inputs), "steps": list(wf.steps)}
+            name: {"description": wf.description, "inputs": workflow_inputs(wf), "steps": list(wf.steps)}
             for name, wf in topology.workflows.items()
         },
         "nodes": nodes,
     }
+
+
+def _staged_datasets(wf: WorkflowDef, kinds: Mapping[str, str]) -> set[str]:
+    """The workflow inputs a stage-in step takes its ``dataset`` from (``{get_input: name}``).
+
+    The gateway checks these name a catalogue dataset the caller can read when the workflow is
+    invoked, instead of the run failing at stage-in."""
+    names = set()
+    for step in wf.steps.values():
+        if kinds.get(step.target) != "stage_in":
+            continue
+        for activity in step.activities:
+            call = activity.get("call_operation") if isinstance(activity, dict) else None
+            inputs = call.get("inputs") if isinstance(call, dict) else None
+            value = inputs.get("dataset") if isinstance(inputs, dict) else None
+            if isinstance(value, dict) and list(value) == ["get_input"] and isinstance(value["get_input"], str):
+                names.add(value["get_input"])
+    return names
 
 
 def _make_read_only(path: Path) -> None:

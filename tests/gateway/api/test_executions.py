@@ -32,11 +32,11 @@ CONSTRAINED = """who: {type: string, default: world, constraints: [{min_length: 
 
 
 def _deployed(people: dict[str, Person], settings: Settings, site: SiteInfo,
-              execute_inputs: str | None = None) -> dict[str, Any]:
+              execute_inputs: str | None = None, example: Path = EXAMPLES / "hello-local") -> dict[str, Any]:
     registered_site(people["admin"], site)
     name = f"inv-{uuid.uuid4().hex[:8]}"
     folder = settings.registry_roots[0] / name
-    shutil.copytree(EXAMPLES / "hello-local", folder)
+    shutil.copytree(example, folder)
     if execute_inputs is not None:
         service = folder / "service.yaml"
         text = service.read_text()
@@ -211,3 +211,42 @@ def test_a_secret_input_value_is_never_echoed_in_an_error() -> None:
             check_inputs(declared, {"code": value}, "w/execute")
         text = f"{err.value.message} {err.value.hint}"
         assert "s3cr3t" not in text and "4242" not in text, text
+
+
+STAGED = Path(__file__).resolve().parents[1] / "engine" / "fixtures" / "staged-job"
+
+
+def test_a_staged_dataset_input_must_be_a_readable_located_catalogue_dataset(
+        people: dict[str, Person], settings: Settings, site: SiteInfo) -> None:
+    """A dataset id a stage-in step takes from an input is checked at invoke, not at stage-in."""
+    deployed = _deployed(people, settings, site, example=STAGED)
+    alice, bob = people["alice"], people["bob"]
+    shown = alice.get(f"/workflows/{deployed['name']}").json()
+    assert shown["latest"]["workflows"]["execute"]["inputs"]["dataset"]["catalogue_dataset"] is True
+
+    def dataset(owner: Person, **fields: Any) -> str:
+        resp = owner.post("/catalogue/datasets", json={"title": f"words {uuid.uuid4().hex[:6]}", **fields})
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+    located = {"location": "sftp://local/data/words.txt"}
+    mine, public = dataset(alice, **located), dataset(bob, access="public", **located)
+    bobs_private, unlocated = dataset(bob, **located), dataset(alice)
+
+    def invoke(value: str, **extra: Any) -> Any:
+        return alice.post(f"/workflows/{deployed['name']}/executions",
+                          json={"inputs": {"dataset": value}, "ssh_key": deployed["alice_key"], **extra})
+
+    # Both the one-query path and the full one (taken when a deployment is chosen) check.
+    for extra in ({}, {"deployment": deployed["deployment"]}):
+        for value in (mine, public, f"dataset:{mine}", "https://example.org/words.txt"):
+            assert invoke(value, **extra).status_code == 202, value
+        for value, says in ((bobs_private, "names no catalogue dataset you can read"),
+                            ("no-such-dataset", "names no catalogue dataset you can read"),
+                            (unlocated, "has no location to stage it from")):
+            resp = invoke(value, **extra)
+            assert resp.status_code == 422, resp.text
+            error = error_of(resp)
+            assert error["details"]["field"] == "inputs.dataset" and says in error["message"], error
+    listed = alice.get("/executions", params={"workflow": deployed["name"]}).json()
+    assert len(listed) == 8  # only the accepted ones were written
