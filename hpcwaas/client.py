@@ -217,6 +217,10 @@ class Client:
     def execution_outputs(self, execution_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/executions/{execution_id}/outputs"))
 
+    def execution_provenance(self, execution_id: str) -> dict[str, Any]:
+        """The execution's W3C PROV document (PROV-JSON)."""
+        return dict(self.request("GET", f"/executions/{execution_id}/provenance"))
+
     def execution_logs(self, execution_id: str, after: int = 0, wait: float = 0) -> dict[str, Any]:
         return dict(self.request("GET", f"/executions/{execution_id}/logs", params={"after": after, "wait": wait},
                                  timeout=wait + 30))

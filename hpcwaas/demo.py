@@ -238,7 +238,7 @@ def _follow_deployment(dev: Client, deployment_id: str) -> dict[str, Any]:
 
 def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dict[str, Any]) -> None:
     """Register, deploy and invoke the wordcount workflow; show the result in the catalogue."""
-    from hpcwaas.cli.workflows import follow
+    from hpcwaas.cli.workflows import follow, show_provenance
 
     step(9, "Admin: create the developer 'dave'; dave creates his SSH key for site user sciuser2")
     dave_user = ensure(admin.create_user, "dave", "developer", full_name="Dave Developer",
@@ -315,6 +315,10 @@ def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dic
     console.print(f"   location {result['location']}  sha256 {str(result['checksum_sha256'])[:16]}...")
     console.print(Panel(local.read_text().rstrip(), title="counts.tsv (staged out)", expand=False))
     console.print(f"   browse it: {URL}/catalogue/ui/datasets/{result['id']}")
+    console.print(f"   provenance (W3C PROV; `waas executions provenance {execution['id']}`):")
+    with console.capture() as captured:
+        show_provenance(alice.execution_provenance(execution["id"]))
+    console.print(Text.from_ansi("   " + captured.get().rstrip().replace("\n", "\n   ")))
 
 
 if __name__ == "__main__":

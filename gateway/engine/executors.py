@@ -166,7 +166,7 @@ class StageInExecutor(PipelineExecutor):
         res = status.result if isinstance(status.result, dict) else {}
         path = (res.get("target") or {}).get("path")
         attrs = {"pipeline_run_id": status.run_id, "site_path": path, "sha256": res.get("sha256"),
-                 "size": res.get("size")}
+                 "size": res.get("size"), "source_dataset": res.get("dataset_id")}
         return OperationResult(attributes=attrs, outputs=attrs)
 
 
@@ -189,7 +189,8 @@ class StageOutExecutor(PipelineExecutor):
         res = status.result if isinstance(status.result, dict) else {}
         dataset_id, error = (None, None)
         if request.inputs.get("register", True):
-            dataset_id, error = pipelines.register_result(db, user, status.run_id, res)
+            about = {k: request.context[k] for k in ("execution_id", "deployment_id") if request.context.get(k)}
+            dataset_id, error = pipelines.register_result(db, user, status.run_id, res, about=about)
             if dataset_id is None:
                 raise _fail(request, f"the result was copied but not registered in the catalogue: {error}")
         attrs = {"pipeline_run_id": status.run_id, "dataset_id": dataset_id,

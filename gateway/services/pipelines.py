@@ -311,11 +311,14 @@ def result_location(result: dict[str, Any]) -> str:
     return f"file://{target['path']}"
 
 
-def register_result(db: Session, user: User, run_id: str, result: dict[str, Any]) -> tuple[str | None, str | None]:
+def register_result(db: Session, user: User, run_id: str, result: dict[str, Any],
+                    about: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
     """Register a stage-out result as a new dataset (once: the id derives from the run id).
 
     Returns (dataset id, error message). The dataset records the checksum, the size and where the
-    data came from (provenance: the source, the source dataset, the pipeline run)."""
+    data came from (provenance: the source, the source dataset, the pipeline run, and ``about``:
+    the execution and deployment that made it, whose full record is at
+    ``/executions/{id}/provenance``)."""
     try:
         from catalogue import service as catalogue
         from catalogue.schemas import DatasetCreate
@@ -329,7 +332,7 @@ def register_result(db: Session, user: User, run_id: str, result: dict[str, Any]
     except Exception:  # noqa: S110 - not registered yet
         pass
     provenance = {"pipeline": result.get("pipeline"), "run_id": run_id, "source": result.get("source"),
-                  "source_dataset": result.get("dataset_id"), "finished_at": result.get("finished_at")}
+                  "source_dataset": result.get("dataset_id"), "finished_at": result.get("finished_at"), **(about or {})}
     try:
         data = DatasetCreate(
             title=(result.get("label") or f"stage-out of {result['source'].get('path', 'data')}")[:200],

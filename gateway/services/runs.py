@@ -61,6 +61,13 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
         if name in reserved and name in declared:
             raise InvalidInput(f"input {name!r} is set by the gateway from the site and your SSH key",
                                field=f"inputs.{name}")
+        if declared.get(name, {}).get("secret"):
+            # A value in the request would be stored with the deployment or execution (and shown
+            # back): secrets reach jobs from Vault only, as the SSH credentials do.
+            raise InvalidInput(f"input {name!r} of {where} is secret: the gateway does not take secret values "
+                               "in a request, which it would store", field=f"inputs.{name}",
+                               hint="leave it out; ask the workflow's developer to bind it from the site or "
+                                    "your SSH key")
         if declared.get(name, {}).get("provided"):
             raise InvalidInput(f"input {name!r} is set by the engine for each run", field=f"inputs.{name}",
                                hint="leave it out")

@@ -275,6 +275,54 @@ def cancel(execution_id: str) -> None:
         emit(api.cancel_execution(execution_id), lambda d: console.print(f"execution {d['id']}: {d['state']}"))
 
 
+@executions.command("provenance")
+def provenance(execution_id: str) -> None:
+    """Who ran which workflow version and image, its Slurm jobs and pipeline runs, datasets in and
+    out (W3C PROV-JSON with --json)."""
+    with errors(), client() as api:
+        emit(api.execution_provenance(execution_id), show_provenance)
+
+
+def show_provenance(doc: dict[str, Any]) -> None:
+    """A PROV-JSON document of an execution as a few lines."""
+    def bare(name: str) -> str:
+        return name.removeprefix("hpcwaas:")
+
+    def value(v: Any) -> Any:
+        return v.get("$") if isinstance(v, dict) else v
+
+    activities, entities = doc.get("activity", {}), doc.get("entity", {})
+    for name, act in activities.items():
+        if name.count("/") == 1:  # the execution itself; its steps are execution/<id>/<step>
+            agent = next((bare(a["prov:agent"]) for a in doc.get("wasAssociatedWith", {}).values()
+                          if a.get("prov:activity") == name), "?")
+            console.print(f"[bold]{bare(name)}[/bold] ({value(act.get('hpcwaas:state'))}) by {agent.split('/')[-1]} "
+                          f"on {value(act.get('hpcwaas:site'))}")
+    for name, ent in entities.items():
+        if name.startswith("hpcwaas:workflow/"):
+            console.print(f"  workflow {bare(name)} ({value(ent.get('hpcwaas:digest'))})")
+        elif name.startswith("hpcwaas:image/"):
+            console.print(f"  image {bare(name).removeprefix('image/')}")
+    for name, act in activities.items():
+        if name.count("/") == 2:
+            ran = [f"Slurm job {value(act['hpcwaas:slurm_job_id'])}" if "hpcwaas:slurm_job_id" in act else "",
+                   f"pipeline run {value(act['hpcwaas:pipeline_run_id'])}" if "hpcwaas:pipeline_run_id" in act else ""]
+            console.print(f"  step {name.rsplit('/', 1)[1]}: {value(act.get('hpcwaas:state'))} "
+                          f"{' '.join(r for r in ran if r)}".rstrip())
+    made = {g["prov:entity"] for g in doc.get("wasGeneratedBy", {}).values()}
+    sources: dict[str, list[str]] = {}
+    for d in doc.get("wasDerivedFrom", {}).values():
+        sources.setdefault(d["prov:generatedEntity"], []).append(bare(d["prov:usedEntity"]))
+    for name, ent in entities.items():
+        if name.startswith("hpcwaas:dataset/"):
+            direction = "out" if name in made else "in "
+            checksum = value(ent.get("hpcwaas:sha256"))
+            line = f"  {direction} {bare(name)}" + (f" sha256 {checksum}" if checksum else "")
+            if sources.get(name):
+                line += f", derived from {', '.join(sources[name])}"
+            console.print(line)
+
+
 @executions.command("outputs")
 def outputs(execution_id: str) -> None:
     """The execution's outputs (catalogue ids of results, ...)."""

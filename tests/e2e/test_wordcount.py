@@ -134,6 +134,27 @@ def _check_result(execution: dict[str, Any], alice: httpx.Client, stack: StackIn
     steps = {s["name"].split(":")[0]: s for s in execution["steps"]}
     assert any(s.get("job_id") for s in execution["steps"])
     assert sum(1 for s in execution["steps"] if s.get("pipeline_run_id")) == 2, steps
+    assert entry["metadata"]["provenance"]["execution_id"] == execution["id"]
+    _check_provenance(execution, alice, entry)
+
+
+def _check_provenance(execution: dict[str, Any], alice: httpx.Client, result: dict[str, Any]) -> None:
+    """The PROV record ties the scientist, the version, the image, the Slurm job and both datasets."""
+    resp = alice.get(f"/executions/{execution['id']}/provenance")
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    entities, activities = doc["entity"], doc["activity"]
+    source = f"hpcwaas:dataset/{execution['inputs']['dataset']}"
+    made = f"hpcwaas:dataset/{result['id']}"
+    assert entities[made]["hpcwaas:sha256"] == result["checksum_sha256"]
+    assert entities[source]["hpcwaas:sha256"] == hashlib.sha256(TEXT.encode()).hexdigest()
+    assert {"prov:generatedEntity": made, "prov:usedEntity": source} in doc["wasDerivedFrom"].values()
+    assert any(name.startswith("hpcwaas:image/sha256:") for name in entities), entities
+    assert any(name.startswith("hpcwaas:workflow/") and e["hpcwaas:digest"] for name, e in entities.items())
+    jobs = {s["job_id"] for s in execution["steps"] if s.get("job_id")}
+    assert {a.get("hpcwaas:slurm_job_id") for a in activities.values()} >= jobs
+    run = activities[f"hpcwaas:execution/{execution['id']}"]
+    assert run["hpcwaas:state"] == "completed" and "hpcwaas:user/alice" in doc["agent"]
 
 
 def test_scientist_invokes_over_rest(gateway: tuple[str, Settings], deployment: dict[str, Any],

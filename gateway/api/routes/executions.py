@@ -12,6 +12,7 @@ from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_us
 from gateway.persistence.models import ExecutionState, User
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
+from gateway.services import provenance as provenance_service
 from gateway.services import runs as service
 
 router = APIRouter(tags=["executions"])
@@ -57,6 +58,12 @@ def cancel(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut
 @router.get("/executions/{execution_id}/outputs", summary="The outputs (catalogue ids of results, ...)")
 def outputs(execution_id: str, db: SessionDep, user: CurrentUser) -> dict[str, object]:
     return dict(service.get_execution(db, user, execution_id).outputs)
+
+
+@router.get("/executions/{execution_id}/provenance",
+            summary="W3C PROV (PROV-JSON): who ran which workflow version and image, Slurm jobs, datasets in and out")
+def provenance(execution_id: str, db: SessionDep, user: CurrentUser) -> dict[str, object]:
+    return provenance_service.execution_provenance(db, user, execution_id)
 
 
 @router.get("/executions/{execution_id}/logs", response_model=LogPage, summary="Log lines (long-poll with wait)")

@@ -80,6 +80,7 @@ MATRIX: dict[tuple[str, str], dict[str, Row]] = {
     ("GET", "/executions/{execution_id}"): same((404, 200, 404, 404, 200, 401)),
     ("DELETE", "/executions/{execution_id}"): same((404, 202, 404, 404, 202, 401)),
     ("GET", "/executions/{execution_id}/outputs"): same((404, 200, 404, 404, 200, 401)),
+    ("GET", "/executions/{execution_id}/provenance"): same((404, 200, 404, 404, 200, 401)),
     ("GET", "/executions/{execution_id}/logs"): same((404, 200, 404, 404, 200, 401)),
     ("GET", "/executions/{execution_id}/logs/stream"): same((404, 200, 404, 404, 200, 401)),
     # Deployments: deploying needs the developer role and sight of the workflow; following a
