@@ -630,6 +630,8 @@ def main() -> None:
                              ".json speedscope, .txt collapsed stacks)")
     parser.add_argument("--keep", type=Path, default=None, help="a folder to keep databases and server logs in")
     args = parser.parse_args()
+    if args.paced_rounds < 1:
+        parser.error("--paced-rounds must be at least 1 (an odd count gives a median that is one round)")
     if args.serve:
         serve(args.serve)
         return

@@ -111,6 +111,9 @@ def _file_path(url: str, field: str) -> str:
     return path
 
 
+STAGEABLE = ("sftp", "file", "http", "https")  # the locations a stage-in pipeline reads
+
+
 def _resolve_dataset(db: Session, user: User, dataset_id: str) -> tuple[str, str | None]:
     """(location URL, checksum) of a dataset the caller may read; no location, no run."""
     try:
@@ -131,7 +134,7 @@ def _resolve_dataset(db: Session, user: User, dataset_id: str) -> tuple[str, str
         url = f"sftp://{resolved.site}/{resolved.path}"  # absolute path: sftp://site//abs
     elif resolved.protocol == "file":
         url = f"file:{resolved.path}"
-    elif resolved.protocol not in ("http", "https"):
+    elif resolved.protocol not in STAGEABLE:
         raise DatasetUnresolved(f"dataset {dataset_id!r} lives on {resolved.protocol!r} storage, which the "
                                 "pipelines cannot read yet", dataset_id=dataset_id)
     return url, resolved.checksum_sha256

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from prov.constants import PROV
 from prov.model import ProvActivity, ProvAgent, ProvDocument, ProvEntity
@@ -44,12 +45,12 @@ def build(execution: Execution, version: WorkflowVersion, username: str, site: s
     workflow version as the plan, images and datasets as entities."""
     doc = ProvDocument()
     doc.add_namespace(*NAMESPACE)
-    person = doc.agent(f"hpcwaas:user/{username}", {"prov:type": PROV["Person"]})
+    person = doc.agent(_id("user", username), {"prov:type": PROV["Person"]})
     declared = (version.workflows or {}).get(execution.workflow_name, {}).get("inputs", {})
-    plan = doc.entity(f"hpcwaas:workflow/{version.workflow_id}/v{version.number}", {
+    plan = doc.entity(_id("workflow", version.workflow_id, f"v{version.number}"), {
         "prov:type": PROV["Plan"], "hpcwaas:digest": version.digest,
         "hpcwaas:tosca_workflow": execution.workflow_name})
-    run = doc.activity(f"hpcwaas:execution/{execution.id}", _utc(execution.started_at),
+    run = doc.activity(_id("execution", execution.id), _utc(execution.started_at),
                        _utc(execution.finished_at), _attributes({
                            "hpcwaas:state": execution.state.value, "hpcwaas:site": site,
                            "hpcwaas:login": execution.login, "hpcwaas:deployment": execution.deployment_id,
@@ -63,43 +64,47 @@ def build(execution: Execution, version: WorkflowVersion, username: str, site: s
     for node in nodes.values():
         digest = node.attributes.get("image_digest")
         if digest:
-            doc.used(run, _entity(doc, f"hpcwaas:image/{digest}", {"hpcwaas:node": node.name}))
+            doc.used(run, _entity(doc, _id("image", str(digest)), {"hpcwaas:node": node.name}))
 
-    inputs: dict[str, ProvEntity] = {}
-    for name, spec in declared.items():
-        value = execution.inputs.get(name)
-        if spec.get("catalogue_dataset") and isinstance(value, str) and "://" not in value:
-            dataset_id = value.removeprefix("dataset:")
-            inputs[dataset_id] = _entity(doc, f"hpcwaas:dataset/{dataset_id}", {"hpcwaas:input": name})
+    # The catalogue datasets the request named (the run used them even if it stopped before staging).
+    named = [value.removeprefix("dataset:") for name, spec in declared.items()
+             if spec.get("catalogue_dataset") and isinstance(value := execution.inputs.get(name), str)
+             and "://" not in value and not value.startswith("file:")]
+    for dataset_id in named:
+        doc.used(run, _entity(doc, _id("dataset", dataset_id), {}))
 
+    kinds = {n.get("name"): n.get("kind") for n in version.nodes or [] if isinstance(n, dict)}
+    staged: list[ProvEntity] = []
     made: list[ProvEntity] = []
     for step in execution.steps:
         act = _step(doc, execution, step, person, run)
-        for node_name in _nodes_of(record, execution.workflow_name, step["name"]):
+        for node_name in _nodes_of(record, execution.workflow_name, str(step.get("name"))):
             attrs = nodes[node_name].attributes if node_name in nodes else {}
-            if attrs.get("dataset_id"):  # a stage-out that registered its result
-                result = _entity(doc, f"hpcwaas:dataset/{attrs['dataset_id']}", _attributes({
+            if kinds.get(node_name) == "stage_out" and attrs.get("dataset_id"):
+                result = _entity(doc, _id("dataset", str(attrs["dataset_id"])), _attributes({
                     "hpcwaas:sha256": attrs.get("sha256"), "hpcwaas:size": attrs.get("size"),
                     "hpcwaas:location": attrs.get("location")}))
                 doc.wasGeneratedBy(result, act)
                 doc.wasAttributedTo(result, person)
                 made.append(result)
-            elif attrs.get("site_path") and attrs.get("pipeline_run_id"):  # a stage-in
-                source = attrs.get("source_dataset")
-                used = [inputs[source]] if source in inputs else list(inputs.values())
-                for entity in used:
-                    entity.add_attributes(_attributes({"hpcwaas:sha256": attrs.get("sha256"),
-                                                       "hpcwaas:size": attrs.get("size")}))
+            elif kinds.get(node_name) == "stage_in" and attrs.get("pipeline_run_id"):
+                # Records from before stage-in noted its dataset: the one named dataset, if one.
+                source = attrs["source_dataset"] if "source_dataset" in attrs else \
+                    (named[0] if len(named) == 1 else None)
+                if source:
+                    entity = _entity(doc, _id("dataset", str(source)), _attributes({
+                        "hpcwaas:sha256": attrs.get("sha256"), "hpcwaas:size": attrs.get("size")}))
                     doc.used(act, entity)
+                    staged.append(entity)
     for result in made:
-        for source_entity in inputs.values():
+        for source_entity in staged:
             doc.wasDerivedFrom(result, source_entity)
     return doc
 
 
 def _step(doc: ProvDocument, execution: Execution, step: dict[str, Any], person: ProvAgent,
           run: ProvActivity) -> ProvActivity:
-    act = doc.activity(f"hpcwaas:execution/{execution.id}/{step['name']}", _epoch(step.get("started_at")),
+    act = doc.activity(_id("execution", execution.id, str(step.get("name"))), _epoch(step.get("started_at")),
                        _epoch(step.get("finished_at")), _attributes({
                            "hpcwaas:state": step.get("state"), "hpcwaas:slurm_job_id": step.get("job_id"),
                            "hpcwaas:pipeline_run_id": step.get("pipeline_run_id"),
@@ -117,11 +122,18 @@ def _nodes_of(record: DeploymentRecord | None, workflow: str, step: str) -> list
     return list(dict.fromkeys(op.node for op in ops.values() if op.node))
 
 
+def _id(kind: str, *parts: str) -> str:
+    """A qualified name ``hpcwaas:kind/part/...``, each part percent-encoded: ids, digests and
+    step names are free text, and PROV refuses spaces, quotes and angle brackets in names."""
+    return "hpcwaas:" + "/".join((kind, *(quote(p, safe=":") for p in parts)))
+
+
 def _entity(doc: ProvDocument, identifier: str, attributes: dict[str, Any]) -> ProvEntity:
     """The entity with this id, made once (a dataset can be both an input and a result's source)."""
     found = next((r for r in doc.get_record(identifier) if isinstance(r, ProvEntity)), None)
     if found is not None:
-        found.add_attributes(attributes)
+        known = {str(name) for name, _ in found.attributes}  # an attribute is set once, not listed twice
+        found.add_attributes({k: v for k, v in attributes.items() if k not in known})
         return found
     return doc.entity(identifier, attributes)
 

@@ -38,6 +38,7 @@ from gateway.services import sites as site_service
 from gateway.services import ssh_keys as key_service
 from gateway.services import users as user_service
 from gateway.services import workflows as workflow_service
+from gateway.services.pipelines import STAGEABLE
 
 # Topology inputs the gateway binds from the chosen site and SSH key; callers may not set them.
 DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir", "software_dir")
@@ -66,8 +67,9 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
             # back): secrets reach jobs from Vault only, as the SSH credentials do.
             raise InvalidInput(f"input {name!r} of {where} is secret: the gateway does not take secret values "
                                "in a request, which it would store", field=f"inputs.{name}",
-                               hint="leave it out; ask the workflow's developer to bind it from the site or "
-                                    "your SSH key")
+                               hint="leave it out: the only secrets a job gets are the SSH credentials the "
+                                    "gateway binds from Vault (credential, run_credential); a workflow that "
+                                    "needs another one cannot take it through the gateway")
         if declared.get(name, {}).get("provided"):
             raise InvalidInput(f"input {name!r} is set by the engine for each run", field=f"inputs.{name}",
                                hint="leave it out")
@@ -87,19 +89,16 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
         expected = _TYPES.get(str(spec.get("type", "string")))
         value = given[name]
         bad_bool = isinstance(value, bool) and expected is not None and bool not in expected
-        secret = bool(spec.get("secret"))  # a secret value is never echoed in an error
         if expected is not None and (not isinstance(value, expected) or bad_bool):
             kind = str(spec.get("type"))
-            shown = "VALUE" if secret else value
             raise InvalidInput(f"input {name!r} of {where} must be {_article(kind)} {kind}, "
                                f"not {_article(type(value).__name__)} {type(value).__name__}",
                                field=f"inputs.{name}",
-                               hint=f"send it as a JSON string (with the CLI: -i '{name}=\"{shown}\"')"
+                               hint=f"send it as a JSON string (with the CLI: -i '{name}=\"{value}\"')"
                                if kind == "string" else None)
         broken = constraints.violation(spec.get("constraints") or [], value)
         if broken is not None:
-            shown = "the value given" if secret else repr(value)
-            raise InvalidInput(f"input {name!r} of {where} {broken}, not {shown}", field=f"inputs.{name}")
+            raise InvalidInput(f"input {name!r} of {where} {broken}, not {value!r}", field=f"inputs.{name}")
     return dict(given)
 
 
@@ -107,8 +106,8 @@ def check_datasets(db: Session, declared: Mapping[str, Mapping[str, Any]], input
                    user_id: str, username: str, admin: bool) -> None:
     """Inputs a stage-in takes its dataset from must name a catalogue dataset the caller can read
     and that has a location; 422 naming the input otherwise (a URL is left to the pipeline)."""
-    wanted = [(name, inputs[name]) for name, spec in declared.items()
-              if spec.get("catalogue_dataset") and isinstance(inputs.get(name), str)]
+    wanted = [(name, value) for name, spec in declared.items()
+              if spec.get("catalogue_dataset") and isinstance(value := inputs.get(name, spec.get("default")), str)]
     if not wanted:
         return
     try:
@@ -122,13 +121,17 @@ def check_datasets(db: Session, declared: Mapping[str, Mapping[str, Any]], input
             continue
         dataset_id = value.removeprefix("dataset:")
         try:
-            catalogue.resolve(db, who, dataset_id)
+            resolved = catalogue.resolve(db, who, dataset_id)
         except catalogue_errors.DatasetNotFound as exc:
             raise InvalidInput(f"input {name!r} of {where} names no catalogue dataset you can read: {dataset_id!r}",
                                hint="find one with 'waas catalogue search'", field=f"inputs.{name}") from exc
         except catalogue_errors.Unresolvable as exc:
             raise InvalidInput(f"input {name!r} of {where}: {exc.message}", hint=exc.hint,
                                field=f"inputs.{name}") from exc
+        if resolved.protocol not in STAGEABLE:
+            raise InvalidInput(f"input {name!r} of {where}: dataset {dataset_id!r} lives on {resolved.protocol!r} "
+                               "storage, which the pipelines cannot read yet", field=f"inputs.{name}",
+                               hint=f"stage-in reads {', '.join(STAGEABLE)} locations")
 
 
 def _article(word: str) -> str:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import typer
 from rich.live import Live
@@ -286,7 +287,7 @@ def provenance(execution_id: str) -> None:
 def show_provenance(doc: dict[str, Any]) -> None:
     """A PROV-JSON document of an execution as a few lines."""
     def bare(name: str) -> str:
-        return name.removeprefix("hpcwaas:")
+        return unquote(name.removeprefix("hpcwaas:"))
 
     def value(v: Any) -> Any:
         return v.get("$") if isinstance(v, dict) else v
@@ -307,7 +308,7 @@ def show_provenance(doc: dict[str, Any]) -> None:
         if name.count("/") == 2:
             ran = [f"Slurm job {value(act['hpcwaas:slurm_job_id'])}" if "hpcwaas:slurm_job_id" in act else "",
                    f"pipeline run {value(act['hpcwaas:pipeline_run_id'])}" if "hpcwaas:pipeline_run_id" in act else ""]
-            console.print(f"  step {name.rsplit('/', 1)[1]}: {value(act.get('hpcwaas:state'))} "
+            console.print(f"  step {bare(name.rsplit('/', 1)[1])}: {value(act.get('hpcwaas:state'))} "
                           f"{' '.join(r for r in ran if r)}".rstrip())
     made = {g["prov:entity"] for g in doc.get("wasGeneratedBy", {}).values()}
     sources: dict[str, list[str]] = {}

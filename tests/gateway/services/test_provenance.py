@@ -33,7 +33,8 @@ def _execution() -> tuple[Execution, WorkflowVersion]:
                {"name": "stage_out", "state": "done", "pipeline_run_id": "r2"}],
         record=record.model_dump(mode="json"), started_at=datetime(2026, 1, 1), finished_at=datetime(2026, 1, 1, 0, 1))
     version = WorkflowVersion(workflow_id="w1", number=2, digest="git:abc", workflows={"execute": {"inputs": {
-        "dataset": {"catalogue_dataset": True}, "top": {}, "token": {"secret": True}}}})
+        "dataset": {"catalogue_dataset": True}, "top": {}, "token": {"secret": True}}}},
+        nodes=[{"name": n, "kind": {"count": "batch_job"}.get(n, n)} for n in nodes])
     return execution, version
 
 
@@ -82,3 +83,34 @@ def test_an_execution_that_never_ran_has_just_its_request() -> None:
     execution.started_at = execution.finished_at = None
     doc = json.loads(str(build(execution, version, "alice", "local").serialize(format="json")))
     assert set(doc["activity"]) == {"hpcwaas:execution/e1"} and "wasGeneratedBy" not in doc
+
+
+def _nodes(execution: Execution) -> dict[str, Any]:
+    assert execution.record is not None
+    return dict(execution.record["nodes"])
+
+
+def test_an_unregistered_stage_out_is_not_taken_for_a_stage_in() -> None:
+    execution, version = _execution()
+    _nodes(execution)["stage_out"]["attributes"] = {"pipeline_run_id": "r2", "site_path": "/w/out", "sha256": "OUT"}
+    doc = json.loads(str(build(execution, version, "alice", "local").serialize(format="json")))
+    assert doc["entity"]["hpcwaas:dataset/d1"]["hpcwaas:sha256"] == "s1"
+    assert "OUT" not in json.dumps(doc) and "wasDerivedFrom" not in doc
+
+
+def test_a_stage_in_from_a_url_stamps_no_catalogue_dataset() -> None:
+    execution, version = _execution()
+    _nodes(execution)["stage_in"]["attributes"].update(source_dataset=None, sha256="URLSUM")
+    doc = json.loads(str(build(execution, version, "alice", "local").serialize(format="json")))
+    assert "URLSUM" not in json.dumps(doc)
+    assert {"prov:activity": "hpcwaas:execution/e1", "prov:entity": "hpcwaas:dataset/d1"} in doc["used"].values()
+
+
+def test_free_text_in_names_is_quoted() -> None:
+    execution, version = _execution()
+    execution.inputs["dataset"] = 'my "data" <set>'
+    _nodes(execution)["stage_in"]["attributes"]["source_dataset"] = 'my "data" <set>'
+    execution.steps[0]["name"] = "stage in"
+    doc = json.loads(str(build(execution, version, "alice", "local").serialize(format="json")))
+    assert "hpcwaas:dataset/my%20%22data%22%20%3Cset%3E" in doc["entity"]
+    assert "hpcwaas:execution/e1/stage%20in" in doc["activity"]
