@@ -316,9 +316,7 @@ def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dic
     console.print(Panel(local.read_text().rstrip(), title="counts.tsv (staged out)", expand=False))
     console.print(f"   browse it: {URL}/catalogue/ui/datasets/{result['id']}")
     console.print(f"   provenance (W3C PROV; `waas executions provenance {execution['id']}`):")
-    with console.capture() as captured:
-        show_provenance(alice.execution_provenance(execution["id"]))
-    console.print(Text.from_ansi("   " + captured.get().rstrip().replace("\n", "\n   ")))
+    show_provenance(alice.execution_provenance(execution["id"]))
 
 
 if __name__ == "__main__":
