@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Any
 
 import typer
+import typer.main
 
 from hpcwaas.cli import admin, sites, users, workflows
 from hpcwaas.cli._common import State, console, emit, fields, load_config, save_config
@@ -71,6 +74,26 @@ for module_name, attr, name, help_text in (
     app.add_typer(getattr(module, attr), name=name, help=help_text)
 
 
+def hoist_json(args: list[str]) -> list[str]:
+    """``waas executions list --json`` means ``waas --json executions list``: the flag belongs to
+    the root, but people type it last. Left in place for commands with a ``--json`` of their own
+    (``waas stack status --json``) and after ``--``."""
+    if "--json" not in args:
+        return args
+    end = args.index("--") if "--" in args else len(args)
+    if "--json" not in args[:end]:
+        return args
+    command: Any = typer.main.get_command(app)  # typer's own click; walked by duck typing
+    for word in args[:end]:
+        commands = getattr(command, "commands", None)
+        if commands is None:
+            break
+        command = commands.get(word, command)
+    if any("--json" in getattr(param, "opts", ()) for param in command.params):
+        return args
+    return ["--json", *[a for i, a in enumerate(args) if a != "--json" or i >= end]]
+
+
 def main() -> None:
     """Entry point of ``waas``."""
-    app()
+    app(args=hoist_json(sys.argv[1:]))
