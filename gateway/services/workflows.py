@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deployer.api import validate_template
+from deployer.errors import Issue, TemplateError
 from deployer.model import Topology, WorkflowDef
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from gateway.persistence.models import Role, User, Visibility, Workflow, WorkflowVersion
@@ -208,6 +209,26 @@ def describe(topology: Topology) -> dict[str, Any]:
     }
 
 
+def _check_secrets_suppliable(topology: Topology) -> None:
+    """Refuse a mandatory secret input the gateway cannot fill: requests may not carry secret
+    values (they would be stored), and only the SSH credential bindings come from Vault. Without
+    this the version registers, deploys or runs, and fails for want of a value."""
+    from gateway.services.runs import RESERVED  # runs imports this module
+
+    issues = [
+        Issue(f"input {d.name!r}{where} is secret and has no default: the gateway does not take secret values in "
+              "requests, and binds only the SSH credentials from Vault", file=topology.entry, line=d.line,
+              field=f"inputs.{d.name}")
+        for where, defs in [("", topology.inputs)] + [(f" of workflow {w.name!r}", w.inputs)
+                                                       for w in topology.workflows.values()]
+        for d in defs.values()
+        if d.secret and d.mandatory and d.name not in RESERVED
+    ]
+    if issues:
+        raise TemplateError(issues, hint="give it a default in the template, or bind it to one of: "
+                                         + ", ".join(sorted(RESERVED)))
+
+
 def _staged_datasets(wf: WorkflowDef, kinds: Mapping[str, str]) -> set[str]:
     """The workflow inputs a stage-in step takes its ``dataset`` from (``{get_input: name}``).
 
@@ -252,6 +273,7 @@ def _record(db: Session, settings: Settings, actor: User, name: str, description
     with tempfile.TemporaryDirectory(dir=root, prefix=".staging-") as tmp:
         staged = stage(Path(tmp) / "bundle")
         topology = validate_template(staged.path, check_inputs=False)
+        _check_secrets_suppliable(topology)
         workflow = db.scalar(select(Workflow).where(Workflow.name == name))
         if workflow is not None:
             if workflow.owner_id != actor.id and actor.role != Role.ADMIN:

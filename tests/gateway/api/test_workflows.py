@@ -153,3 +153,29 @@ def test_another_developer_cannot_add_versions_to_my_workflow(people: dict[str, 
     resp = client.post("/workflows", json={"name": name, "source": {"kind": "folder", "path": str(workflow_dir)}},
                        headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 409 and "belongs to someone else" in error_of(resp)["message"]
+
+
+def test_a_secret_input_nobody_can_fill_is_refused(people: dict[str, Person], workflow_dir: Path,
+                                                   unique: str) -> None:
+    """Requests may not carry secret values, so a mandatory secret the gateway does not bind
+    would make a version that can never run: refused at registration, with file and line."""
+    service = workflow_dir / "service.yaml"
+    text = service.read_text()
+    secret = "api_token: {type: string, metadata: {hpcwaas.secret: true}}"
+    service.write_text(text.replace("who: {type: string, default: world}",
+                                    f"who: {{type: string, default: world}}\n        {secret}", 1))
+    body = {"name": f"secret-{unique}", "source": {"kind": "folder", "path": str(workflow_dir)}}
+    resp = people["dave"].post("/workflows", json=body)
+    assert resp.status_code == 422, resp.text
+    err = error_of(resp)
+    assert "'api_token'" in err["message"] and "is secret and has no default" in err["message"]
+    assert "run_credential" in err["hint"]
+    issue = err["details"]["issues"][0]
+    line = next(i for i, row in enumerate(service.read_text().splitlines(), 1) if "api_token" in row)
+    assert issue["file"].endswith("service.yaml") and issue["line"] == line
+    assert people["dave"].get(f"/workflows/secret-{unique}").status_code == 404
+    # With a default (it lives in the immutable bundle) the engine has a value: accepted.
+    service.write_text(text.replace("who: {type: string, default: world}",
+                                    "who: {type: string, default: world}\n        api_token: {type: string, "
+                                    "default: t0ken, metadata: {hpcwaas.secret: true}}", 1))
+    assert people["dave"].post("/workflows", json=body).status_code == 201
