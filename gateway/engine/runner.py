@@ -38,8 +38,8 @@ from gateway.persistence.models import (
     WorkflowVersion,
     utcnow,
 )
-from gateway.services.runs import DEPLOY_BINDINGS, RUN_BINDINGS
 from gateway.services.sites import work_dir_for
+from gateway.services.workflows import DEPLOY_BINDINGS, RUN_BINDINGS
 from hpcwaas.errors import HpcwaasError
 from hpcwaas.settings import Settings
 from hpcwaas.vault import Vault

@@ -114,14 +114,18 @@ def _file_path(url: str, field: str) -> str:
 STAGEABLE = ("sftp", "file", "http", "https")  # the locations a stage-in pipeline reads
 
 
-def _resolve_dataset(db: Session, user: User, dataset_id: str) -> tuple[str, str | None]:
-    """(location URL, checksum) of a dataset the caller may read; no location, no run."""
+def resolve_dataset(db: Session, user_id: str, username: str, admin: bool, dataset_id: str) -> tuple[str, str | None]:
+    """(location URL, checksum) of a dataset the caller may read and stage-in can read from.
+
+    Raises the catalogue's DatasetNotFound for an absent or unreadable one, DatasetUnresolved for
+    one without a location (or on storage no pipeline reads). Used when a run starts and, earlier,
+    when an invocation is checked, so both refuse the same datasets."""
     try:
         from catalogue import service as catalogue
     except ImportError as exc:
         raise DatasetUnresolved("the data catalogue is not installed; give a URL instead",
                                 dataset_id=dataset_id) from exc
-    who = catalogue.Principal(user.id, user.username, user.role == Role.ADMIN)
+    who = catalogue.Principal(user_id, username, admin)
     try:
         resolved = catalogue.resolve(db, who, dataset_id)
     except Exception as exc:
@@ -136,7 +140,8 @@ def _resolve_dataset(db: Session, user: User, dataset_id: str) -> tuple[str, str
         url = f"file:{resolved.path}"
     elif resolved.protocol not in STAGEABLE:
         raise DatasetUnresolved(f"dataset {dataset_id!r} lives on {resolved.protocol!r} storage, which the "
-                                "pipelines cannot read yet", dataset_id=dataset_id)
+                                "pipelines cannot read yet", hint=f"stage-in reads {', '.join(STAGEABLE)} locations",
+                                dataset_id=dataset_id)
     return url, resolved.checksum_sha256
 
 
@@ -153,7 +158,7 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
     source_url, sha256 = data.source, data.sha256
     if source_url.startswith("dataset:"):
         dataset_id = source_url.removeprefix("dataset:")
-        source_url, declared = _resolve_dataset(db, user, dataset_id)
+        source_url, declared = resolve_dataset(db, user.id, user.username, user.role == Role.ADMIN, dataset_id)
         sha256 = sha256 or declared
     sources, targets = dl.SHAPES[pipeline]
 

@@ -54,7 +54,7 @@ def build(execution: Execution, version: WorkflowVersion, username: str, site: s
                        _utc(execution.finished_at), _attributes({
                            "hpcwaas:state": execution.state.value, "hpcwaas:site": site,
                            "hpcwaas:login": execution.login, "hpcwaas:deployment": execution.deployment_id,
-                           **{f"hpcwaas:input/{name}": value for name, value in execution.inputs.items()
+                           **{f"hpcwaas:input/{quote(name, safe='')}": value for name, value in execution.inputs.items()
                               if not declared.get(name, {}).get("secret")}}))
     doc.wasAssociatedWith(run, person, plan)
     doc.used(run, plan)

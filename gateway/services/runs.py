@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from catalogue.errors import DatasetNotFound
+from data_logistics.errors import DatasetUnresolved
 from deployer import constraints
 from gateway.core.security import hash_token
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -34,16 +36,13 @@ from gateway.persistence.models import (
     utcnow,
 )
 from gateway.schemas.runs import DeploymentCreate, ExecutionCreate
+from gateway.services import pipelines as pipeline_service
 from gateway.services import sites as site_service
 from gateway.services import ssh_keys as key_service
 from gateway.services import users as user_service
 from gateway.services import workflows as workflow_service
-from gateway.services.pipelines import STAGEABLE
 
-# Topology inputs the gateway binds from the chosen site and SSH key; callers may not set them.
-DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir", "software_dir")
-RUN_BINDINGS = ("run_username", "run_credential", "run_work_dir")
-RESERVED = frozenset(DEPLOY_BINDINGS + RUN_BINDINGS)
+RESERVED = workflow_service.BOUND_INPUTS  # callers may not set them
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -107,31 +106,18 @@ def check_datasets(db: Session, declared: Mapping[str, Mapping[str, Any]], input
     """Inputs a stage-in takes its dataset from must name a catalogue dataset the caller can read
     and that has a location; 422 naming the input otherwise (a URL is left to the pipeline)."""
     wanted = [(name, value) for name, spec in declared.items()
-              if spec.get("catalogue_dataset") and isinstance(value := inputs.get(name, spec.get("default")), str)]
-    if not wanted:
-        return
-    try:
-        from catalogue import errors as catalogue_errors
-        from catalogue import service as catalogue
-    except ImportError:  # no catalogue here: the stage-in pipeline reports it
-        return
-    who = catalogue.Principal(user_id, username, admin)
+              if spec.get("catalogue_dataset") and isinstance(value := inputs.get(name, spec.get("default")), str)
+              and "://" not in value and not value.startswith("file:")]
     for name, value in wanted:
-        if "://" in value or value.startswith("file:"):
-            continue
         dataset_id = value.removeprefix("dataset:")
         try:
-            resolved = catalogue.resolve(db, who, dataset_id)
-        except catalogue_errors.DatasetNotFound as exc:
-            raise InvalidInput(f"input {name!r} of {where} names no catalogue dataset you can read: {dataset_id!r}",
-                               hint="find one with 'waas catalogue search'", field=f"inputs.{name}") from exc
-        except catalogue_errors.Unresolvable as exc:
+            pipeline_service.resolve_dataset(db, user_id, username, admin, dataset_id)
+        except DatasetUnresolved as exc:
             raise InvalidInput(f"input {name!r} of {where}: {exc.message}", hint=exc.hint,
                                field=f"inputs.{name}") from exc
-        if resolved.protocol not in STAGEABLE:
-            raise InvalidInput(f"input {name!r} of {where}: dataset {dataset_id!r} lives on {resolved.protocol!r} "
-                               "storage, which the pipelines cannot read yet", field=f"inputs.{name}",
-                               hint=f"stage-in reads {', '.join(STAGEABLE)} locations")
+        except DatasetNotFound as exc:
+            raise InvalidInput(f"input {name!r} of {where} names no catalogue dataset you can read: {dataset_id!r}",
+                               hint="find one with 'waas catalogue search'", field=f"inputs.{name}") from exc
 
 
 def _article(word: str) -> str:

@@ -57,6 +57,11 @@ _NODE_KINDS = {
     "hpcwaas.nodes.SoftwareInstall": "software",
     "hpcwaas.nodes.HPCSite": "site",
 }
+# Topology inputs the gateway binds from the chosen site and SSH keys (the credentials from
+# Vault); callers may not set them, and they are the only secrets a job gets.
+DEPLOY_BINDINGS = ("login_host", "port", "host_key", "username", "credential", "work_dir", "software_dir")
+RUN_BINDINGS = ("run_username", "run_credential", "run_work_dir")
+BOUND_INPUTS = frozenset(DEPLOY_BINDINGS + RUN_BINDINGS)
 _GIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
@@ -213,8 +218,6 @@ def _check_secrets_suppliable(topology: Topology) -> None:
     """Refuse a mandatory secret input the gateway cannot fill: requests may not carry secret
     values (they would be stored), and only the SSH credential bindings come from Vault. Without
     this the version registers, deploys or runs, and fails for want of a value."""
-    from gateway.services.runs import RESERVED  # runs imports this module
-
     issues = [
         Issue(f"input {d.name!r}{where} is secret and has no default: the gateway does not take secret values in "
               "requests, and binds only the SSH credentials from Vault", file=topology.entry, line=d.line,
@@ -222,11 +225,11 @@ def _check_secrets_suppliable(topology: Topology) -> None:
         for where, defs in [("", topology.inputs)] + [(f" of workflow {w.name!r}", w.inputs)
                                                        for w in topology.workflows.values()]
         for d in defs.values()
-        if d.secret and d.mandatory and d.name not in RESERVED
+        if d.secret and d.mandatory and d.name not in BOUND_INPUTS
     ]
     if issues:
         raise TemplateError(issues, hint="give it a default in the template, or bind it to one of: "
-                                         + ", ".join(sorted(RESERVED)))
+                                         + ", ".join(sorted(BOUND_INPUTS)))
 
 
 def _staged_datasets(wf: WorkflowDef, kinds: Mapping[str, str]) -> set[str]:
