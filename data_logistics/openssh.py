@@ -17,6 +17,7 @@ import fcntl
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -70,7 +71,9 @@ class OpenSSHLink:
                                        stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             deadline = time.monotonic() + 10
-            while not self._sock.exists():
+            # The socket file appears at bind(), before the agent listens: wait for a connection,
+            # not the file (ssh-add in between got "Connection refused").
+            while not self._agent_listening():
                 if time.monotonic() > deadline or self._agent.poll() is not None:
                     raise StagingError("ssh-agent did not start")
                 time.sleep(0.01)
@@ -81,6 +84,14 @@ class OpenSSHLink:
         except BaseException:
             self.close()
             raise
+
+    def _agent_listening(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self._sock))
+            except OSError:
+                return False
+        return True
 
     def _env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SSH_AUTH_SOCK": str(self._sock)}
