@@ -21,11 +21,11 @@ from deployer.model import Topology
 from deployer.plan import Plan, deploy_plan, undeploy_plan
 from deployer.state import DeploymentRecord, FolderStateStore, RunRecord, StateStore
 from deployer.validate import load_topology
+from hpcwaas.settings import get_settings
 
 
 def default_credentials() -> CredentialProvider:
     """Keys from the Vault configured in the hpcwaas settings."""
-    from hpcwaas.settings import get_settings
     from hpcwaas.vault import Vault
 
     return VaultCredentialProvider(Vault.from_settings(get_settings()))
@@ -119,6 +119,7 @@ def _engine_call(
             workers=workers,
             credentials=credentials,
             on_event=on_event,
+            sandbox=get_settings().deployer_sandbox,
         )
         if action == "deploy":
             run = engine.deploy(resume=resume, blocking=blocking)

@@ -1,20 +1,13 @@
 """SSH credentials, referred to by id and resolved only when an operation needs them.
 
 A credential reference is ``<user_id>/<key_id>``: the Vault path comes from
-:meth:`hpcwaas.vault.Vault.ssh_key_path`. Private keys stay in memory: they are loaded into a
-private per-run ``ssh-agent`` (:class:`AgentPool`) for Ansible, or handed to paramiko directly.
+:meth:`hpcwaas.vault.Vault.ssh_key_path`. Every use goes through one
+:class:`CredentialResolver`, made for the user a run acts for. Private keys stay in memory: they
+reach a sandboxed Ansible run's own ``ssh-agent`` on standard input, or paramiko directly.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import threading
-import time
-from pathlib import Path
 from typing import Protocol
 
 from deployer.errors import CredentialError
@@ -53,6 +46,51 @@ class VaultCredentialProvider:
             raise CredentialError(f"cannot read credential {credential_ref!r}: {exc.message}", hint=exc.hint) from exc
 
 
+class CredentialResolver:
+    """The one place a credential reference is resolved, always for one acting user.
+
+    Every executor goes through it (the Ansible agents, the batch job's SSH session, the
+    pipelines' key id), and it refuses a reference to a key the acting user does not own before
+    anything reads Vault or connects. The gateway makes one per deployment (acting user: the
+    developer) and per execution (the invoking scientist). ``acting_user=None`` is the standalone
+    deployer's operator, who holds a Vault token of their own: only :meth:`for_operator` makes it.
+    """
+
+    def __init__(self, source: CredentialProvider | None, acting_user: str) -> None:
+        if not acting_user:
+            raise CredentialError("a credential resolver needs the user it acts for")
+        self._source = source
+        self.acting_user: str | None = acting_user
+
+    @classmethod
+    def for_operator(cls, source: CredentialProvider | None) -> CredentialResolver:
+        """A resolver for the standalone deployer CLI: any key its own Vault token can read."""
+        resolver = cls(source, "operator")
+        resolver.acting_user = None
+        return resolver
+
+    def key_id(self, credential_ref: str) -> str:
+        """The key id of ``credential_ref``, once its owner is checked against the acting user."""
+        owner, key = split_ref(credential_ref)
+        if self.acting_user is not None and owner != self.acting_user:
+            raise CredentialError(
+                f"credential {credential_ref!r} does not belong to the user this run acts for",
+                hint="a workflow uses only the keys the gateway binds (credential, run_credential): "
+                "the deploying developer's and the invoking user's own",
+            )
+        return key
+
+    def private_key(self, credential_ref: str) -> str:
+        """The private key of one of the acting user's credentials (kept in memory only)."""
+        self.key_id(credential_ref)
+        if self._source is None:
+            raise CredentialError(
+                "this deployer has no credential provider; cannot use SSH credentials",
+                hint="configure Vault (HPCWAAS_VAULT_ADDR, HPCWAAS_VAULT_TOKEN_FILE)",
+            )
+        return self._source.private_key(credential_ref)
+
+
 class StaticCredentialProvider:
     """Keys given in memory (tests, or a caller that already fetched them)."""
 
@@ -68,69 +106,3 @@ class StaticCredentialProvider:
 
     def __repr__(self) -> str:
         return f"StaticCredentialProvider({sorted(self._keys)})"
-
-
-class AgentPool:
-    """One private ``ssh-agent`` per credential for the duration of a run.
-
-    The agent's socket lives in a 0700 temporary folder; the key reaches it through
-    ``ssh-add -`` on standard input, so it never touches disk or a command line.
-    """
-
-    def __init__(self, provider: CredentialProvider | None) -> None:
-        self.provider = provider
-        self._agents: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-        self._lock = threading.Lock()
-        self._dir: Path | None = None
-
-    def socket_for(self, credential_ref: str) -> Path:
-        """The agent socket holding this credential's key (started on first use)."""
-        with self._lock:
-            if credential_ref in self._agents:
-                return self._agents[credential_ref][1]
-            if self.provider is None:
-                raise CredentialError(
-                    "this deployer has no credential provider; cannot use SSH credentials",
-                    hint="configure Vault (HPCWAAS_VAULT_ADDR, HPCWAAS_VAULT_TOKEN_FILE)",
-                )
-            key = self.provider.private_key(credential_ref)
-            if self._dir is None:
-                self._dir = Path(tempfile.mkdtemp(prefix="hpcwaas-agent-"))
-                os.chmod(self._dir, 0o700)
-            sock = self._dir / f"agent-{len(self._agents)}.sock"
-            proc = subprocess.Popen(
-                ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            deadline = time.monotonic() + 5
-            while not sock.exists():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    raise CredentialError("ssh-agent did not start")
-                time.sleep(0.01)
-            env = {"SSH_AUTH_SOCK": str(sock), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-            added = subprocess.run(
-                ["ssh-add", "-q", "-"], input=key.encode(), env=env, capture_output=True, timeout=30, check=False
-            )
-            if added.returncode != 0:
-                proc.kill()
-                raise CredentialError(
-                    f"the key of credential {credential_ref!r} could not be loaded into ssh-agent",
-                    hint="is it an unencrypted OpenSSH private key?",
-                )
-            self._agents[credential_ref] = (proc, sock)
-            return sock
-
-    def close(self) -> None:
-        """Stop the agents and remove their sockets."""
-        with self._lock:
-            for proc, _sock in self._agents.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-            self._agents.clear()
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None

@@ -45,7 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from deployer.credentials import AgentPool, CredentialProvider
+from deployer.credentials import CredentialProvider, CredentialResolver
 from deployer.errors import AggregatedOperationError, DeployerError, OperationError, StateError
 from deployer.executors import (
     ExecutorRegistry,
@@ -145,24 +145,29 @@ class Engine:
         deployment_id: str,
         inputs: Mapping[str, Any],
         workers: int = 4,
-        credentials: CredentialProvider | None = None,
+        credentials: CredentialResolver | CredentialProvider | None = None,
         executors: ExecutorRegistry = registry,
         on_event: EventSink | None = None,
         context: Mapping[str, Any] | None = None,
         cancel_check: Callable[[], bool] | None = None,
+        sandbox: bool = True,
     ) -> None:
         """Load (or start) the record of ``deployment_id`` from ``store``.
 
         ``context`` reaches every executor as ``request.context`` (never persisted): the gateway
         passes e.g. its user, execution and site ids. ``cancel_check`` is asked before each
         operation starts and between polls of a blocking call: when it returns True the run is
-        cancelled (e.g. the gateway reads its row's cancel flag).
+        cancelled (e.g. the gateway reads its row's cancel flag). ``sandbox=False`` runs playbooks
+        without :mod:`deployer.sandbox` (only for an operator's own templates, never the gateway).
         """
         self.topology = topology
         self.store = store
         self.deployment_id = check_id(deployment_id)
         self.workers = max(1, workers)
-        self.credentials = credentials
+        # A bare provider is the standalone deployer's operator; the gateway always passes a
+        # resolver scoped to the user it acts for.
+        self.credentials = (credentials if isinstance(credentials, CredentialResolver)
+                            else CredentialResolver.for_operator(credentials))
         self.executors = executors
         self.on_event = on_event
         self.context: Mapping[str, Any] = dict(context or {})
@@ -173,7 +178,7 @@ class Engine:
         self._driving = False
         self._last_wait: dict[str, str] = {}
         self._lock = threading.RLock()
-        self.agents = AgentPool(credentials)
+        self.sandbox = sandbox
         secret_names = topology.secret_inputs()
         self.inputs = dict(inputs)
         self._secrets = tuple(str(v) for k, v in self.inputs.items() if k in secret_names and v not in (None, ""))
@@ -356,7 +361,6 @@ class Engine:
             artifacts={n: a.path for n, a in template.artifacts.items()},
             secrets=self._secrets,
             memo=dict(memo),
-            agents=self.agents,
             credentials=self.credentials,
             key=key,
             properties=properties,
@@ -364,6 +368,8 @@ class Engine:
             step=step,
             attempt=attempt,
             context=self.context,
+            bundle_root=self.topology.root,
+            sandbox=self.sandbox,
         )
 
     def run_operation(
@@ -758,7 +764,6 @@ class Engine:
                 return self._drive_locked(run, body, success_status, busy_status)
             finally:
                 self._driving = False
-                self.agents.close()
                 self._last_wait.clear()
 
     def _drive_locked(
@@ -822,10 +827,7 @@ class Engine:
             self._cancel.set()
             return run
         with self.store.lock():
-            try:
-                return self._cancel_run(run)
-            finally:
-                self.agents.close()
+            return self._cancel_run(run)
 
     def _find_op(self, node: str, op_key: str) -> OperationDef | None:
         template = self.topology.nodes.get(node)

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     engine_lease_seconds: float = Field(default=60.0, ge=5.0, description="A dead worker's records wait this long.")
     engine_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for work.")
 
+    # The standalone deployer (`hpcwaas-deploy`): the gateway always sandboxes developer code.
+    deployer_sandbox: bool = Field(
+        default=True, description="Run playbooks in the bubblewrap sandbox (deployer/sandbox.py). Turn it off "
+        "only for your own templates when local operations must change this machine.")
+
     # The local stack (development, tests, demo).
     stack_dir: Path = DEFAULT_STACK_DIR
 

@@ -13,6 +13,7 @@ PACKAGES=(
     postgresql-15 postgresql-client-15
     python3 python3-venv
     procps iproute2 ca-certificates
+    bubblewrap  # the sandbox untrusted Ansible runs in (deployer/sandbox.py)
     debootstrap  # the Apptainer builder: a Debian sid tree (hpcwaas/stack/apptainer.py)
     chromium  # headless browser for the catalogue's web-page tests (driven by Playwright)
 )

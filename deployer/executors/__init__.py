@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from deployer.credentials import AgentPool, CredentialProvider
+from deployer.credentials import CredentialResolver
 from deployer.errors import UnsupportedImplementation
 from deployer.model import OperationDef
 from hpcwaas.ssh import SiteEndpoint
@@ -91,14 +91,15 @@ class OperationRequest:
     artifacts: dict[str, Path] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()  # values to mask in anything shown or stored
     memo: dict[str, Any] = field(default_factory=dict)  # what a previous attempt remembered
-    agents: AgentPool | None = None  # ssh-agents of this run (Ansible over SSH)
-    credentials: CredentialProvider | None = None  # for executors that open SSH themselves
+    credentials: CredentialResolver | None = None  # the one way to a key: owner checked
     key: str = ""  # the operation's key in its run (unique per step and activity)
     properties: dict[str, Any] = field(default_factory=dict)  # the node's properties, evaluated
     node_type: str = ""  # the node template's type
     step: str | None = None  # the workflow step (or plan node) this operation belongs to
     attempt: int = 1  # how many times the operation was started, this one included
     context: Mapping[str, Any] = field(default_factory=dict)  # the caller's (gateway's) context, not persisted
+    bundle_root: Path | None = None  # the workflow's own files (read-only inside a sandbox)
+    sandbox: bool = True  # run developer code (playbooks) inside deployer.sandbox
 
     @property
     def tag(self) -> str:

@@ -1,28 +1,46 @@
-"""Run an operation as an Ansible playbook through ansible-runner.
+"""Run an operation as an Ansible playbook: ansible-runner in a sandbox, events read back.
 
-One private data dir per run (0700, removed afterwards: it holds the extra vars, which may carry
-secret values). The host is ``localhost`` over the local connection, or a site's login host
-over SSH with the key in a private ssh-agent (:class:`deployer.credentials.AgentPool`) and the
-host key pinned in a per-run ``known_hosts`` with ``StrictHostKeyChecking=yes``.
-``set_stats`` data become the node's attributes and the operation's outputs.
+A workflow's playbook is untrusted code, and Ansible evaluates lookups, filters, plugins,
+``delegate_to: localhost`` and the local connection on the controller. So the ``ansible-runner``
+command runs inside :mod:`deployer.sandbox` (bubblewrap, an unprivileged uid of its own, a private
+run folder, the bundle and the profile read-only, nothing of the gateway's): whatever the
+topology says, a developer's operation never executes as the gateway's user.
+
+The host is ``localhost`` over the local connection (inside the sandbox), or a site's login host
+over SSH, the host key pinned in the run's ``known_hosts`` with ``StrictHostKeyChecking=yes``.
+The one key it needs comes from the run's :class:`deployer.credentials.CredentialResolver` (owner
+checked) and reaches a private ``ssh-agent`` started inside the sandbox through standard input:
+never a file, an argument or an environment variable. ``set_stats`` data become the node's
+attributes and the operation's outputs. ``sandbox=False`` (the standalone deployer's
+``--no-sandbox``, for an operator's own templates) runs the same command without the boundary.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
-
+from deployer import sandbox as sandboxes
 from deployer.errors import OperationError
 from deployer.executors import HostSpec, OperationRequest, OperationResult, RunHooks
+from tosca import TOSCA_DIR
 
-_VENV_BIN = str(Path(sys.executable).parent)
+_RUNNER = str(Path(sys.executable).parent / "ansible-runner")
+# Start the run's own agent, load the key from stdin, then run ansible-runner ($0: the private
+# data dir, $1: the playbook). The agent dies with the sandbox's PID namespace.
+_WITH_AGENT = ('ssh-agent -a "$SSH_AUTH_SOCK" >/dev/null && ssh-add -q - 2>/dev/null '
+               '&& exec "$HPCWAAS_RUNNER" run -q --ident run -p "$1" "$0"')
+_WITHOUT_AGENT = 'exec "$HPCWAAS_RUNNER" run -q --ident run -p "$1" "$0"'
+_POLL = 0.2
+_GRACE = 30.0  # beyond the operation's own timeout, for ansible-runner to wind down
 
 
 def _known_hosts_line(host: HostSpec) -> str:
@@ -31,50 +49,114 @@ def _known_hosts_line(host: HostSpec) -> str:
     return f"{name} {host.endpoint.host_key.strip()}\n"
 
 
+def _fail(request: OperationRequest, message: str, **ctx: Any) -> OperationError:
+    return OperationError(message, node=request.node, interface=request.op.interface, operation=request.op.name,
+                          **ctx)
+
+
+class _Box:
+    """Where one run's files go: a sandbox, or (unsandboxed) a private temporary folder."""
+
+    def __init__(self, box: sandboxes.Sandbox | None, run_dir: Path) -> None:
+        self.box, self.run_dir = box, run_dir
+
+    def write(self, relative: str, content: str | None = None) -> Path:
+        path = self.run_dir / relative
+        if self.box is not None:
+            return sandboxes.prepare(self.box, path, content)
+        if content is None:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(content)
+            path.chmod(0o600)
+        return path
+
+
+@contextlib.contextmanager
+def _box(sandboxed: bool) -> Iterator[_Box]:
+    if sandboxed:
+        with sandboxes.sandbox(prefix="hpcwaas-ar-") as box:
+            yield _Box(box, box.run_dir)
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="hpcwaas-ar-"))
+    try:
+        yield _Box(None, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _Events:
+    """ansible-runner's job events, read from its artifact folder as they appear."""
+
+    def __init__(self, folder: Path, request: OperationRequest, hooks: RunHooks) -> None:
+        self.folder, self.request, self.hooks = folder, request, hooks
+        self.next = 1
+        self.failures: list[tuple[str, str]] = []
+        self.stats: dict[str, Any] = {}
+        self.stderr = ""  # the sandbox's own error output (bwrap, ssh-agent), when nothing else says why
+
+    def _load(self, counter: int) -> dict[str, Any] | None:
+        matches = list(self.folder.glob(f"{counter}-*.json")) if self.folder.is_dir() else []
+        for match in matches:
+            try:
+                return dict(json.loads(match.read_text()))
+            except (OSError, ValueError):
+                return None  # still being written: read it on the next pass
+        return None
+
+    def drain(self) -> None:
+        """Handle every complete event not handled yet, in order."""
+        while (event := self._load(self.next)) is not None:
+            self.next += 1
+            self._handle(event)
+
+    def _handle(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        data = ev.get("event_data") or {}
+        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            msg = str(res.get("msg") or res.get("stderr") or res.get("reason") or "failed")
+            stderr = str(res.get("stderr") or "")
+            detail = msg if not stderr or stderr in msg else f"{msg}: {stderr[-500:]}"
+            self.failures.append((str(data.get("task") or "?"), self.request.mask(detail)))
+        elif kind == "playbook_on_stats":
+            self.stats.update(data.get("artifact_data") or {})
+        text = ev.get("stdout")
+        if text:
+            for line in str(text).splitlines():
+                if line.strip():
+                    self.hooks.log(self.request.mask(line))
+
+
 class AnsibleExecutor:
-    """Runs playbooks with ansible-runner (in this process, one thread per operation)."""
+    """Runs playbooks with ansible-runner, in a sandbox of their own (one thread per operation)."""
 
     needs_file = True
 
-    def _inventory(self, request: OperationRequest, pdd: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    def _inventory(self, request: OperationRequest, run_dir: Path) -> tuple[dict[str, Any], str | None]:
+        """The inventory, and the private key the run's agent must hold (None for a local host)."""
         host = request.host
-        env: dict[str, str] = {}
         if host.local or host.endpoint is None:
-            hostvars: dict[str, Any] = {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": sys.executable,
-            }
-            return {"all": {"hosts": {"localhost": hostvars}}}, env
+            hostvars: dict[str, Any] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+            return {"all": {"hosts": {"localhost": hostvars}}}, None
         if host.credential is None:
-            raise OperationError(
-                "the site has no credential to log in with",
-                node=request.node,
-                interface=request.op.interface,
-                operation=request.op.name,
-                hint="set the HPCSite's credential property to '<user_id>/<key_id>'",
-            )
-        if request.agents is None:
-            raise OperationError(
-                "no credential provider is configured for SSH hosts",
-                node=request.node,
-                interface=request.op.interface,
-                operation=request.op.name,
-            )
-        sock = request.agents.socket_for(host.credential)
-        known = pdd / "known_hosts"
-        known.write_text(_known_hosts_line(host))
-        ssh_args = " ".join(
-            [
-                f"-o UserKnownHostsFile={known}",
-                "-o GlobalKnownHostsFile=/dev/null",
-                "-o StrictHostKeyChecking=yes",
-                f"-o IdentityAgent={sock}",
-                "-o PasswordAuthentication=no",
-                "-o KbdInteractiveAuthentication=no",
-                "-o ControlMaster=no",
-                "-o ConnectTimeout=15",
-            ]
-        )
+            raise _fail(request, "the site has no credential to log in with",
+                        hint="bind the HPCSite's credential to the gateway's credential or run_credential input")
+        if request.credentials is None:
+            raise _fail(request, "no credential provider is configured for SSH hosts")
+        key = request.credentials.private_key(host.credential)  # owner checked before anything connects
+        ssh_args = " ".join([
+            f"-o UserKnownHostsFile={run_dir / 'known_hosts'}",
+            "-o GlobalKnownHostsFile=/dev/null",
+            "-o StrictHostKeyChecking=yes",
+            f"-o IdentityAgent={run_dir / 'agent.sock'}",
+            "-o IdentitiesOnly=no",
+            "-o PasswordAuthentication=no",
+            "-o KbdInteractiveAuthentication=no",
+            "-o ControlMaster=no",
+            "-o ConnectTimeout=15",
+        ])
         hostvars = {
             "ansible_host": host.endpoint.host,
             "ansible_port": host.endpoint.port,
@@ -82,85 +164,115 @@ class AnsibleExecutor:
             "ansible_python_interpreter": host.python_interpreter,
             "ansible_ssh_common_args": ssh_args,
         }
-        return {"all": {"hosts": {host.node or "site": hostvars}}}, env
+        return {"all": {"hosts": {host.node or "site": hostvars}}}, key
+
+    def _prepare(self, request: OperationRequest, box: _Box) -> str | None:
+        """Write the run's inventory, variables and settings; return the key for its agent."""
+        impl = request.op.implementation
+        assert impl is not None
+        run_dir = box.run_dir
+        inventory, key = self._inventory(request, run_dir)
+        if key is not None:
+            box.write("known_hosts", _known_hosts_line(request.host))
+        extravars = dict(request.inputs)
+        extravars["hpcwaas_artifacts"] = {k: str(v) for k, v in request.artifacts.items()}
+        envvars = {
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_LOCAL_TEMP": str(run_dir / "tmp"),
+            "ANSIBLE_CONFIG": str(run_dir / "ansible.cfg"),  # ignore any ansible.cfg in the cwd
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        }
+        box.write("tmp")
+        box.write("home")
+        box.write("project")
+        box.write("ansible.cfg", "[defaults]\n")
+        box.write("inventory/hosts.json", json.dumps(inventory))
+        box.write("env/extravars", json.dumps(extravars, default=str))
+        box.write("env/envvars", json.dumps(envvars))
+        settings: dict[str, Any] = {"suppress_ansible_output": True}
+        if impl.timeout:
+            settings["job_timeout"] = int(impl.timeout)
+        box.write("env/settings", json.dumps(settings))
+        return key
+
+    def _command(self, request: OperationRequest, box: _Box, with_agent: bool) -> list[str]:
+        impl = request.op.implementation
+        assert impl is not None and impl.path is not None
+        argv = ["/bin/sh", "-c", _WITH_AGENT if with_agent else _WITHOUT_AGENT, str(box.run_dir), str(impl.path)]
+        env = {"HPCWAAS_RUNNER": _RUNNER, "SSH_AUTH_SOCK": str(box.run_dir / "agent.sock"),
+               "HOME": str(box.run_dir / "home")}
+        if box.box is None:
+            return ["env", "-i", f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
+                    *(f"{k}={v}" for k, v in env.items()), *argv]
+        read_only = [TOSCA_DIR, impl.path.parent]
+        if request.bundle_root is not None:
+            read_only.append(request.bundle_root)
+        read_only.extend(p.parent for p in request.artifacts.values())
+        return box.box.command(argv, read_only=read_only, env=env)
 
     def run(self, request: OperationRequest, hooks: RunHooks) -> OperationResult:
         """Run the operation's playbook; raise OperationError naming the failing task."""
         impl = request.op.implementation
         assert impl is not None and impl.path is not None
-        pdd = Path(tempfile.mkdtemp(prefix="hpcwaas-ar-"))
-        os.chmod(pdd, 0o700)
-        failures: list[tuple[str, str]] = []
-        stats_data: dict[str, Any] = {}
-
-        def on_event(ev: dict[str, Any]) -> bool:
-            kind = ev.get("event")
-            data = ev.get("event_data") or {}
-            if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-                res = data.get("res") or {}
-                msg = str(res.get("msg") or res.get("stderr") or res.get("reason") or "failed")
-                stderr = str(res.get("stderr") or "")
-                detail = msg if not stderr or stderr in msg else f"{msg}: {stderr[-500:]}"
-                failures.append((str(data.get("task") or "?"), request.mask(detail)))
-            elif kind == "playbook_on_stats":
-                stats_data.update(data.get("artifact_data") or {})
-            text = ev.get("stdout")
-            if text:
-                for line in str(text).splitlines():
-                    if line.strip():
-                        hooks.log(request.mask(line))
-            return False  # do not keep job_events on disk: the run dir is removed anyway
-
         try:
-            inventory, env = self._inventory(request, pdd)
-            extravars = dict(request.inputs)
-            extravars["hpcwaas_artifacts"] = {k: str(v) for k, v in request.artifacts.items()}
-            envvars = {
-                "PATH": _VENV_BIN + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
-                "ANSIBLE_NOCOLOR": "1",
-                "ANSIBLE_FORCE_COLOR": "0",
-                "ANSIBLE_HOST_KEY_CHECKING": "True",
-                "ANSIBLE_RETRY_FILES_ENABLED": "False",
-                "ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"),
-                "ANSIBLE_CONFIG": str(pdd / "ansible.cfg"),  # ignore any ansible.cfg in the cwd
-                "ANSIBLE_DEPRECATION_WARNINGS": "False",
-                **env,
-            }
-            (pdd / "ansible.cfg").write_text("[defaults]\n")
-            started = time.perf_counter()
-            r = ansible_runner.run(
-                private_data_dir=str(pdd),
-                playbook=str(impl.path),
-                inventory=inventory,
-                extravars=extravars,
-                envvars=envvars,
-                event_handler=on_event,
-                ident="run",
-                quiet=True,
-                timeout=int(impl.timeout) if impl.timeout else None,
-            )
-            elapsed = time.perf_counter() - started
-            if r.status != "successful" or r.rc != 0:
-                if failures:
-                    task, msg = failures[-1]
-                else:
-                    task = None
-                    tail = ""
-                    try:
-                        tail = (r.stdout.read() or "")[-1500:]
-                    except Exception:  # the stdout file may be missing after a crash
-                        tail = ""
-                    msg = f"ansible-playbook exited {r.rc} ({r.status})" + (
-                        f": {request.mask(tail.strip())}" if tail else ""
-                    )
-                raise OperationError(
-                    msg,
-                    node=request.node,
-                    interface=request.op.interface,
-                    operation=request.op.name,
-                    task=task,
-                    host=request.host.label,
-                )
-            return OperationResult(attributes=dict(stats_data), outputs=dict(stats_data), executor_seconds=elapsed)
-        finally:
-            shutil.rmtree(pdd, ignore_errors=True)
+            with _box(request.sandbox) as box:
+                key = self._prepare(request, box)
+                events = _Events(box.run_dir / "artifacts" / "run" / "job_events", request, hooks)
+                started = time.perf_counter()
+                rc = self._execute(self._command(request, box, key is not None), key, events,
+                                   (impl.timeout or 0) + _GRACE if impl.timeout else None)
+                elapsed = time.perf_counter() - started
+                events.drain()
+                status = _read(box.run_dir / "artifacts" / "run" / "status")
+                if status != "successful" or rc != 0:
+                    raise self._failure(request, events, rc, status, box.run_dir)
+        except sandboxes.SandboxError as exc:
+            raise _fail(request, exc.message, hint=exc.hint) from exc
+        return OperationResult(attributes=dict(events.stats), outputs=dict(events.stats), executor_seconds=elapsed)
+
+    @staticmethod
+    def _execute(argv: list[str], key: str | None, events: _Events, timeout: float | None) -> int:
+        # Same process group as the caller: killing the deployer takes the run with it (and the
+        # sandbox dies with its parent).
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            assert proc.stdin is not None
+            try:
+                if key is not None:
+                    proc.stdin.write(key.encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the sandbox died before reading: its exit status says why
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while proc.poll() is None:
+                events.drain()
+                if deadline is not None and time.monotonic() > deadline:
+                    proc.kill()
+                    break
+                time.sleep(_POLL)
+            proc.wait()
+            errors.seek(0)
+            events.stderr = errors.read()[-1500:].decode(errors="replace")
+        return proc.returncode
+
+    @staticmethod
+    def _failure(request: OperationRequest, events: _Events, rc: int, status: str, run_dir: Path) -> OperationError:
+        if events.failures:
+            task, msg = events.failures[-1]
+            return _fail(request, msg, task=task, host=request.host.label)
+        tail = (_read(run_dir / "artifacts" / "run" / "stdout") or events.stderr)[-1500:]
+        msg = f"ansible-playbook exited {rc} ({status or 'did not start'})"
+        if tail.strip():
+            msg += f": {request.mask(tail.strip())}"
+        return _fail(request, msg, host=request.host.label)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+

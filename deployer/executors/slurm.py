@@ -86,8 +86,8 @@ class SlurmJobExecutor:
             raise _fail(
                 request, "no SSH credential for the site", hint="set the HPCSite's credential and configure Vault"
             )
-        key = request.credentials.private_key(host.credential)
         try:
+            key = request.credentials.private_key(host.credential)  # owner checked before connecting
             with connect(host.endpoint, host.username, key) as session:
                 yield Slurm(session)
         except HpcwaasError as exc:

@@ -91,9 +91,12 @@ class PipelineExecutor:
         host = request.host
         if host.local or not host.credential or not host.username or not request.context.get("site"):
             raise _fail(request, f"{self.pipeline} needs a node hosted on the HPCSite of a gateway deployment")
-        owner, _, key_id = host.credential.partition("/")
-        if owner != request.context.get("user_id"):
-            raise _fail(request, "the operation's site credential does not belong to the user it runs for")
+        if request.credentials is None or request.credentials.acting_user != request.context.get("user_id"):
+            raise _fail(request, f"{self.pipeline} needs the credential resolver of the user the run acts for")
+        try:
+            key_id = request.credentials.key_id(host.credential)
+        except HpcwaasError as exc:
+            raise _fail(request, exc.message, hint=exc.hint) from exc
         return key_id, host.username
 
     def start(self, request: OperationRequest, hooks: RunHooks) -> OperationResult | Waiting:

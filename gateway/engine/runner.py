@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from deployer.credentials import VaultCredentialProvider
+from deployer.credentials import CredentialResolver, VaultCredentialProvider
 from deployer.engine import Engine
 from deployer.loader import open_package
 from deployer.model import Topology
@@ -196,6 +196,7 @@ class Runner:
             inputs = bind_inputs(version.inputs, deployment.inputs, site, deployment.login, deployment.owner_id,
                                  deployment.ssh_key_id, deployment.id)
             bundle, has_record = version.bundle, deployment.record is not None
+            acting_user = deployment.owner_id
             context = {"user_id": deployment.owner_id, "deployment_id": deployment.id, "site_id": site.id,
                        "site": site.name, "ssh_key_id": deployment.ssh_key_id, "login": deployment.login}
         sink = LogSink(self.sessions, deployment_id)
@@ -203,7 +204,8 @@ class Runner:
         try:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=deployment_id, inputs=resolved,
-                                workers=self.settings.engine_operation_workers, credentials=self.credentials,
+                                workers=self.settings.engine_operation_workers,
+                                credentials=CredentialResolver(self.credentials, acting_user),
                                 on_event=sink, context=context)
                 if undeploy:
                     run = engine.undeploy(resume=has_record, blocking=False)
@@ -261,6 +263,7 @@ class Runner:
                 initial = DeploymentRecord.model_validate(deployment.record)
                 initial.id, initial.runs = execution.id, []
             bundle, cancel = version.bundle, execution.cancel_requested
+            acting_user = execution.owner_id
             context = {"user_id": execution.owner_id, "execution_id": execution.id, "deployment_id": deployment.id,
                        "site_id": site.id, "site": site.name, "ssh_key_id": execution.ssh_key_id,
                        "login": execution.login, "run_dir": run_dir}
@@ -270,7 +273,8 @@ class Runner:
         try:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=execution_id, inputs=resolved,
-                                workers=self.settings.engine_operation_workers, credentials=self.credentials,
+                                workers=self.settings.engine_operation_workers,
+                                credentials=CredentialResolver(self.credentials, acting_user),
                                 on_event=sink, context=context, cancel_check=lambda: self._cancel_wanted(execution_id))
                 if cancel:
                     run = engine.record.last_run(workflow_name)

@@ -77,7 +77,20 @@ def marker_template(n_chain: int, n_free: int, delay: float = 0.0, marker: str =
 
 
 @pytest.fixture
-def marker_project(tmp_path: Path):
+def unsandboxed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The standalone deployer without its sandbox, in this process and the CLIs it starts: for
+    tests that check what local operations did to this machine's files, as an operator's own
+    templates may (the sandbox, on by default and always in the gateway, keeps them from it)."""
+    from hpcwaas.settings import get_settings
+
+    monkeypatch.setenv("HPCWAAS_DEPLOYER_SANDBOX", "false")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def marker_project(tmp_path: Path, unsandboxed: None):
     """Factory: a project folder with a marker topology; returns (template, marker file)."""
 
     def make(n_chain: int = 3, n_free: int = 0, delay: float = 0.0) -> tuple[Path, Path]:

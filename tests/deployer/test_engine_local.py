@@ -15,7 +15,7 @@ from deployer.plan import deploy_plan, render, undeploy_plan
 from tests.deployer.conftest import HEADER, write
 from tosca import EXAMPLES_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("unsandboxed")]
 
 
 def test_hello_local_deploy_run_undeploy(tmp_path: Path) -> None:
