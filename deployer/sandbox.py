@@ -124,6 +124,16 @@ def prepare(box: Sandbox, path: Path, content: str | None = None) -> Path:
     return path
 
 
+def chown_tree(box: Sandbox, root: Path) -> None:
+    """Give the sandbox's uid a folder copied into its run folder (no-op in a user namespace)."""
+    if not box.drop_to_uid:
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        os.chown(dirpath, box.uid, box.uid)
+        for name in files:
+            os.chown(os.path.join(dirpath, name), box.uid, box.uid, follow_symlinks=False)
+
+
 def _python_roots() -> list[Path]:
     roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.prefix)}
     return sorted(roots)

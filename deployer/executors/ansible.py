@@ -3,8 +3,8 @@
 A workflow's playbook is untrusted code, and Ansible evaluates lookups, filters, plugins,
 ``delegate_to: localhost`` and the local connection on the controller. So the ``ansible-runner``
 command runs inside :mod:`deployer.sandbox` (bubblewrap, an unprivileged uid of its own, a private
-run folder, the bundle and the profile read-only, nothing of the gateway's): whatever the
-topology says, a developer's operation never executes as the gateway's user.
+run folder holding its own copy of the bundle, the profile read-only, nothing of the gateway's):
+whatever the topology says, a developer's operation never executes as the gateway's user.
 
 The host is ``localhost`` over the local connection (inside the sandbox), or a site's login host
 over SSH, the host key pinned in the run's ``known_hosts`` with ``StrictHostKeyChecking=yes``.
@@ -59,6 +59,23 @@ class _Box:
 
     def __init__(self, box: sandboxes.Sandbox | None, run_dir: Path) -> None:
         self.box, self.run_dir = box, run_dir
+        self._bundle: tuple[Path, Path] | None = None
+
+    def copy_bundle(self, root: Path | None) -> None:
+        """Give a sandbox its own copy of the workflow's files: the registry keeps them readable by
+        the gateway only, and a run must not see other versions' bundles beside its own."""
+        if self.box is None or root is None:
+            return
+        copy = self.run_dir / "bundle"
+        shutil.copytree(root, copy, symlinks=True)
+        sandboxes.chown_tree(self.box, copy)
+        self._bundle = (root.resolve(), copy)
+
+    def path(self, original: Path) -> Path:
+        """Where ``original`` (a bundle file, say the playbook) is seen inside the run."""
+        if self._bundle is not None and original.resolve().is_relative_to(self._bundle[0]):
+            return self._bundle[1] / original.resolve().relative_to(self._bundle[0])
+        return original
 
     def write(self, relative: str, content: str | None = None) -> Path:
         path = self.run_dir / relative
@@ -175,7 +192,8 @@ class AnsibleExecutor:
         if key is not None:
             box.write("known_hosts", _known_hosts_line(request.host))
         extravars = dict(request.inputs)
-        extravars["hpcwaas_artifacts"] = {k: str(v) for k, v in request.artifacts.items()}
+        box.copy_bundle(request.bundle_root)
+        extravars["hpcwaas_artifacts"] = {k: str(box.path(v)) for k, v in request.artifacts.items()}
         envvars = {
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
@@ -201,17 +219,15 @@ class AnsibleExecutor:
     def _command(self, request: OperationRequest, box: _Box, with_agent: bool) -> list[str]:
         impl = request.op.implementation
         assert impl is not None and impl.path is not None
-        argv = ["/bin/sh", "-c", _WITH_AGENT if with_agent else _WITHOUT_AGENT, str(box.run_dir), str(impl.path)]
+        argv = ["/bin/sh", "-c", _WITH_AGENT if with_agent else _WITHOUT_AGENT, str(box.run_dir),
+                str(box.path(impl.path))]
         env = {"HPCWAAS_RUNNER": _RUNNER, "SSH_AUTH_SOCK": str(box.run_dir / "agent.sock"),
                "HOME": str(box.run_dir / "home")}
         if box.box is None:
             return ["env", "-i", f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
                     *(f"{k}={v}" for k, v in env.items()), *argv]
-        read_only = [TOSCA_DIR, impl.path.parent]
-        if request.bundle_root is not None:
-            read_only.append(request.bundle_root)
-        read_only.extend(p.parent for p in request.artifacts.values())
-        return box.box.command(argv, read_only=read_only, env=env)
+        # The profile's own playbooks are public; a workflow's files were copied into the run.
+        return box.box.command(argv, read_only=[TOSCA_DIR], env=env)
 
     def run(self, request: OperationRequest, hooks: RunHooks) -> OperationResult:
         """Run the operation's playbook; raise OperationError naming the failing task."""

@@ -33,7 +33,7 @@ class MirrorCreate(BaseModel):
     site: str = Field(max_length=64, description="The registered site to keep the copy on.")
     site_path: RelativePath = Field(min_length=1, description="Where, relative to your work dir on the site.")
     ssh_key: str = Field(description="Id of your SSH key for the site (and for a site storage target).")
-    login: Login | None = Field(default=None, description="Site user; the key's default login when absent.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
 
 
 class MirrorOut(ORMModel):

@@ -22,7 +22,7 @@ class PipelineRunCreate(BaseModel):
     """Start a run. Every site is reached with one of your own SSH keys (checked before anything starts)."""
 
     ssh_key: str = Field(description="Id of your SSH key for the sites of this run.")
-    login: Login | None = Field(default=None, description="Site user; the key's default login when absent.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
     source: str = Field(max_length=4096, description=(
         "https://host/path, http://host/path, file:<path in the pipelines' local storage>, "
         "sftp://<site>/<path in your work dir>, or dataset:<catalogue dataset id>"))

@@ -16,7 +16,7 @@ class DeploymentCreate(BaseModel):
     version: int | None = Field(default=None, ge=1, description="Version number; the latest when omitted.")
     site: SiteName
     ssh_key: str = Field(description="Id of your SSH key used to install on the site.")
-    login: Login | None = Field(default=None, description="Site user; defaults to the key's login.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
     inputs: dict[str, Any] = Field(default_factory=dict, description="Topology inputs.")
 
 
@@ -40,7 +40,7 @@ class DeploymentOut(ORMModel):
 class ExecutionCreate(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="Inputs of the workflow's execute workflow.")
     ssh_key: str = Field(description="Id of your own SSH key; the job runs as your site user.")
-    login: Login | None = Field(default=None, description="Site user; defaults to the key's login.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
     deployment: str | None = Field(default=None, description="Deployment id; else the newest on `site`.")
     site: SiteName | None = Field(default=None, description="Pick the workflow's deployment on this site.")
     workflow_name: str = Field(default="execute", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",

@@ -78,7 +78,7 @@ class SiteAccess(BaseModel):
     """Which of the caller's SSH keys to use on a site, and as which site user."""
 
     ssh_key: str = Field(description="Id of one of your SSH keys.")
-    login: Login | None = Field(default=None, description="Site user; defaults to the key's login.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
 
 
 class PartitionOut(BaseModel):

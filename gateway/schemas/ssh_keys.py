@@ -40,7 +40,7 @@ class SSHKeyOut(ORMModel):
 
 class SSHKeyCheck(BaseModel):
     site: SiteName
-    login: Login | None = Field(default=None, description="Site user; defaults to the key's login.")
+    login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
 
 
 class SSHKeyCheckResult(BaseModel):

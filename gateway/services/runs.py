@@ -276,9 +276,9 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
                                     username=row.username, role=row.role, groups=row.groups):
         return None
     declared = (row.workflows or {}).get(data.workflow_name)
-    login = data.login or row.key_login
-    if declared is None or not login:
+    if declared is None or not row.key_login:
         return None
+    login = key_service.site_account(row.key_login, data.login)
     where = f"{row.workflow_name}/{data.workflow_name}"
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
     check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=row.user_id, username=row.username,

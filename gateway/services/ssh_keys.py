@@ -110,15 +110,27 @@ def delete(db: Session, vault: Vault, user: User, key_id: str) -> None:
 
 
 def resolve_login(key: SSHKey, login: str | None) -> str:
-    """The site user to log in as: explicit, else the key's default."""
-    chosen = login or key.login
-    if not chosen:
+    """The site account a use of ``key`` logs in as: always the key's own login."""
+    return site_account(key.login, login)
+
+
+def site_account(key_login: str | None, requested: str | None) -> str:
+    """The account comes from the key, never from the request: a request may repeat the key's
+    login, and naming another (``root``, a colleague's) is refused before anything is stored."""
+    if not key_login:
         raise InvalidInput(
-            "no site login given and the key has no default login",
-            hint="pass 'login' (your user name on the site) or set it on the key",
+            "this SSH key has no site login, so the gateway does not know which account it is for",
+            hint="create or import the key with its login (waas ssh-keys create --login <your site user>)",
             field="login",
         )
-    return chosen
+    if requested and requested != key_login:
+        raise InvalidInput(
+            f"login {requested!r} is not the account of this key ({key_login!r}): a request cannot choose "
+            "another site account",
+            hint="leave 'login' out, or use a key made for that account (one of your own)",
+            field="login",
+        )
+    return key_login
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deployer.api import validate_template
+from deployer.engine import HPC_SITE
 from deployer.errors import Issue, TemplateError
 from deployer.model import Topology, WorkflowDef
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -232,6 +233,24 @@ def _check_secrets_suppliable(topology: Topology) -> None:
                                          + ", ".join(sorted(BOUND_INPUTS)))
 
 
+def _check_credentials_bound(topology: Topology) -> None:
+    """Refuse a site credential the gateway does not bind: a literal ``<user_id>/<key_id>``, an input
+    of the developer's own or any expression would let a template name someone else's key. The
+    only credentials a workflow uses are the deploying developer's and the invoking user's."""
+    allowed = [{"get_input": name} for name in ("credential", "run_credential")]
+    issues = [
+        Issue("an HPC site's credential must be {get_input: credential} (the developer's key, bound by the "
+              f"gateway) or {{get_input: run_credential}} (the invoking user's); got {node.properties['credential']!r}",
+              file=node.file or topology.entry, line=node.line, node=node.name, field="properties.credential")
+        for node in topology.nodes.values()
+        if node.is_a(HPC_SITE) and node.properties.get("credential") is not None
+        and node.properties["credential"] not in allowed
+    ]
+    if issues:
+        raise TemplateError(issues, hint="the gateway binds the SSH credentials: declare the inputs credential and "
+                                         "run_credential and use them as they are")
+
+
 def _staged_datasets(wf: WorkflowDef, kinds: Mapping[str, str]) -> set[str]:
     """The workflow inputs a stage-in step takes its ``dataset`` from (``{get_input: name}``).
 
@@ -277,6 +296,7 @@ def _record(db: Session, settings: Settings, actor: User, name: str, description
         staged = stage(Path(tmp) / "bundle")
         topology = validate_template(staged.path, check_inputs=False)
         _check_secrets_suppliable(topology)
+        _check_credentials_bound(topology)
         workflow = db.scalar(select(Workflow).where(Workflow.name == name))
         if workflow is not None:
             if workflow.owner_id != actor.id and actor.role != Role.ADMIN:

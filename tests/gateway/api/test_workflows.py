@@ -179,3 +179,30 @@ def test_a_secret_input_nobody_can_fill_is_refused(people: dict[str, Person], wo
                                     "who: {type: string, default: world}\n        api_token: {type: string, "
                                     "default: t0ken, metadata: {hpcwaas.secret: true}}", 1))
     assert people["dave"].post("/workflows", json=body).status_code == 201
+
+
+@pytest.mark.parametrize("credential", ["'VICTIM/k1'", "{get_input: other_key}",
+                                        "{concat: [{get_input: credential}, '']}"],
+                         ids=["literal", "own-input", "expression"])
+def test_a_site_credential_the_gateway_does_not_bind_is_refused(people: dict[str, Person], settings: Settings,
+                                                                unique: str, credential: str) -> None:
+    """A template names only the keys the gateway binds (the developer's and the invoking user's):
+    another user's key id, written literally or passed as an ordinary input, is refused at
+    registration with file, line and node, before anything could use it."""
+    folder = settings.registry_roots[0] / f"cred-{unique}"
+    shutil.copytree(EXAMPLES / "hello-site", folder)
+    service = folder / "service.yaml"
+    text = service.read_text().replace(
+        "credential: {get_input: credential}", "credential: " + credential.replace("VICTIM", people["alice"].id))
+    service.write_text(text.replace("partition: {type: string, default: debug}",
+                                    "partition: {type: string, default: debug}\n    other_key: {type: string, "
+                                    "required: false}"))
+    resp = people["dave"].post("/workflows", json={"name": f"cred-{unique}",
+                                                   "source": {"kind": "folder", "path": str(folder)}})
+    assert resp.status_code == 422, resp.text
+    err = error_of(resp)
+    issue = err["details"]["issues"][0]
+    assert issue["node"] == "site" and issue["field"] == "properties.credential"
+    assert issue["file"].endswith("service.yaml") and issue["line"] == 18
+    assert "{get_input: credential}" in err["message"] and "run_credential" in err["hint"]
+    assert people["dave"].get(f"/workflows/cred-{unique}").status_code == 404

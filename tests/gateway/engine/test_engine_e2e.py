@@ -67,7 +67,8 @@ def deployed(engine_people: dict[str, Person], settings: Settings, site: SiteInf
     location = resp.headers["Location"]
     deployment = wait_for(lambda: dave.get(location).json(), lambda d: d["state"] in ("deployed", "failed"),
                           what="the deployment")
-    assert deployment["state"] == "deployed", (deployment, dave.get(f"{location}/logs").json())
+    log = [line["text"] for line in dave.get(f"{location}/logs").json()["lines"]]
+    assert deployment["state"] == "deployed", (deployment["error"], log[-20:])
     assert deployment["nodes"]["tool"] == "started"
     yield {"name": name, "deployment": deployment, "alice_key": alice_key["id"], "dave": dave, "alice": alice}
     revoke_key("sciuser2", dave_key["public_key"])
