@@ -180,7 +180,8 @@ def _fields(line: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def _check_job_id(job_id: str) -> str:
+def check_job_id(job_id: str) -> str:
+    """``job_id`` when it is a Slurm job id (``123`` or ``123_4``); else a SchedulerError."""
     if not re.fullmatch(r"\d+(_\d+)?", job_id):
         raise SchedulerError(f"not a Slurm job id: {job_id!r}")
     return job_id
@@ -216,7 +217,7 @@ class Slurm:
                 stderr=result.stderr[-4000:],
             )
         job_id = result.stdout.strip().split(";")[0]
-        return _check_job_id(job_id)
+        return check_job_id(job_id)
 
     def submit_and_wait(self, spec: JobSpec, timeout: float = 3600) -> tuple[str, int]:
         """Submit with ``sbatch --wait``; return the job id and sbatch's exit code (the job's)."""
@@ -257,7 +258,7 @@ class Slurm:
 
     def status(self, job_id: str) -> JobInfo:
         """The job's state: live from scontrol, then from accounting once it has left the queue."""
-        _check_job_id(job_id)
+        check_job_id(job_id)
         live = self.session.run(["scontrol", "show", "job", "-o", job_id], timeout=60)
         if live.exit_code == 0 and live.stdout.strip():
             fields = _fields(live.stdout.strip())
@@ -286,7 +287,7 @@ class Slurm:
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job (no error if it already ended)."""
-        result = self.session.run(["scancel", _check_job_id(job_id)], timeout=60)
+        result = self.session.run(["scancel", check_job_id(job_id)], timeout=60)
         if result.exit_code != 0 and "already completing or completed" not in result.stderr:
             raise SchedulerError(f"scancel failed: {result.stderr.strip()}", job_id=job_id)
 

@@ -290,7 +290,9 @@ class SSHSession:
             raise SSHError("the SSH connection is closed", host=self.endpoint.label)
         chan = transport.open_session(timeout=30)
         try:
-            chan.exec_command(command)
+            # What the gateway makes on a site (folders, job output: sbatch hands its umask on to
+            # the job) is private to the account it works as.
+            chan.exec_command(f"umask 077; {command}")
             if input is not None:
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()

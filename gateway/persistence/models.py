@@ -6,12 +6,13 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hpcwaas.db import Base, new_id, utcnow
 
 __all__ = [
+    "AdhocJob",
     "ApiToken",
     "Base",
     "Deployment",
@@ -277,6 +278,21 @@ class Execution(Leased, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AdhocJob(Base):
+    """An ad-hoc batch job submitted through the gateway: its submitter (or an admin) alone sees or
+    cancels it. A site may reuse a job id (its state wiped): the newest record is the job."""
+
+    __tablename__ = "adhoc_jobs"
+    __table_args__ = (Index("ix_adhoc_jobs_site_id_job_id", "site_id", "job_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(32))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    login: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LogLine(Base):

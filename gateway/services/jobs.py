@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.persistence.models import User
+from gateway.errors import NotFound
+from gateway.persistence.models import AdhocJob, Role, User
 from gateway.schemas.jobs import JobOut, JobSubmit
 from gateway.schemas.sites import PartitionOut, SiteAccess, SiteInfo
 from gateway.services import sites as site_service
 from gateway.services.ssh_keys import site_session
-from hpcwaas.slurm import JobInfo, JobSpec, Slurm
+from hpcwaas.slurm import JobInfo, JobSpec, Slurm, check_job_id
 from hpcwaas.ssh import SSHSession
 from hpcwaas.vault import Vault
 
@@ -70,19 +72,34 @@ def submit(db: Session, vault: Vault, user: User, site_name: str, data: JobSubmi
             job_id, _ = slurm.submit_and_wait(spec)
         else:
             job_id = slurm.submit(spec)
+        db.add(AdhocJob(site_id=site.id, job_id=job_id, owner_id=user.id, login=login))
+        db.commit()  # recorded before the answer: the job is the caller's from now on
         return _describe(site.name, login, slurm.status(job_id), ssh, spec)
+
+
+def _check_owned(db: Session, user: User, site_name: str, job_id: str) -> None:
+    """Refuse (404, before anything connects) a job the caller did not submit; admins see all."""
+    check_job_id(job_id)
+    site = site_service.get(db, site_name)
+    owner = db.scalar(select(AdhocJob.owner_id).where(AdhocJob.site_id == site.id, AdhocJob.job_id == job_id)
+                      .order_by(AdhocJob.created_at.desc()).limit(1))
+    if owner is None or (owner != user.id and user.role != Role.ADMIN):
+        raise NotFound(f"no job {job_id} of yours on site {site_name!r}",
+                       hint="only jobs you submitted through the gateway are shown (GET /executions for workflows)")
 
 
 def status(db: Session, vault: Vault, user: User, site_name: str, job_id: str, access: SiteAccess,
            timeout: float) -> JobOut:
-    """A job's state and output tails."""
+    """A job's state and output tails (the caller's own jobs only)."""
+    _check_owned(db, user, site_name, job_id)
     with site_session(db, vault, user, site_name, access.ssh_key, access.login, timeout) as (site, login, ssh):
         return _describe(site.name, login, Slurm(ssh).status(job_id), ssh)
 
 
 def cancel(db: Session, vault: Vault, user: User, site_name: str, job_id: str, access: SiteAccess,
            timeout: float) -> JobOut:
-    """Cancel a job and report its state."""
+    """Cancel one of the caller's jobs and report its state."""
+    _check_owned(db, user, site_name, job_id)
     with site_session(db, vault, user, site_name, access.ssh_key, access.login, timeout) as (site, login, ssh):
         slurm = Slurm(ssh)
         slurm.cancel(job_id)

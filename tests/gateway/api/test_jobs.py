@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,26 @@ def test_bad_job_input_is_refused_before_reaching_the_site(people: dict[str, Per
     assert "sbatch refused" in error_of(unknown_partition)["message"]
     bad_id = alice.get("/sites/local/jobs/1;id", params={"ssh_key": alice_key})
     assert bad_id.status_code == 422
+
+
+def test_a_job_is_its_submitters_alone(people: dict[str, Person], alice_key: str, site: SiteInfo) -> None:
+    """Another scientist can neither read nor cancel alice's job (404 before any login), and what
+    the job wrote is private to alice's site account."""
+    alice, bob = people["alice"], people["bob"]
+    job = alice.post("/sites/local/jobs", json={"ssh_key": alice_key, "script": "#!/bin/sh\necho mine\nsleep 30\n"}
+                     ).json()
+    bob_key = bob.post("/ssh_keys", json={"login": "sciuser2"}).json()
+    authorize_key("sciuser2", bob_key["public_key"])
+    peek = bob.get(f"/sites/local/jobs/{job['job_id']}", params={"ssh_key": bob_key["id"]})
+    assert peek.status_code == 404 and "of yours" in error_of(peek)["message"]
+    stop = bob.delete(f"/sites/local/jobs/{job['job_id']}", params={"ssh_key": bob_key["id"]})
+    assert stop.status_code == 404
+    mine = alice.get(f"/sites/local/jobs/{job['job_id']}", params={"ssh_key": alice_key})
+    assert mine.status_code == 200 and mine.json()["state"] in {"PENDING", "RUNNING", "COMPLETED"}
+    deadline = time.monotonic() + 30
+    while "mine" not in (mine.json().get("stdout_tail") or "") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        mine = alice.get(f"/sites/local/jobs/{job['job_id']}", params={"ssh_key": alice_key})
+    out = Path(mine.json()["stdout_path"])
+    assert out.stat().st_mode & 0o077 == 0, oct(out.stat().st_mode)  # the site is this machine
+    assert alice.delete(f"/sites/local/jobs/{job['job_id']}", params={"ssh_key": alice_key}).status_code == 200
