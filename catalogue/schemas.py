@@ -356,6 +356,7 @@ class Resolved(BaseModel):
     """Where a dataset's bytes are, for a pipeline: protocol, site (or host) and absolute path."""
 
     dataset_id: str
+    owner_id: str = Field(description="Who owns the dataset (a file location must lie in their storage).")
     protocol: Protocol
     site: str | None = Field(description="The site (sftp, storage target) or host (https); null for file.")
     path: str

@@ -602,7 +602,8 @@ def resolve(db: Session, who: Principal | None, dataset_id: str) -> Resolved:
     The caller must be allowed to read it. A dataset without a location is an error: no default
     location is ever guessed."""
     dataset = get_dataset(db, who, dataset_id)
-    common = {"dataset_id": dataset.id, "checksum_sha256": dataset.checksum_sha256, "size_bytes": dataset.size_bytes,
+    common = {"dataset_id": dataset.id, "owner_id": dataset.owner_id, "checksum_sha256": dataset.checksum_sha256,
+              "size_bytes": dataset.size_bytes,
               "format": dataset.format, "revision": dataset.revision}
     if dataset.location_url is not None:
         parts = urlsplit(dataset.location_url)

@@ -17,6 +17,7 @@ from airflow.sdk import DAG, task
 
 from data_logistics import pipelines
 from data_logistics.credentials import burn
+from data_logistics.urls import policy_for
 from hpcwaas.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def build(pipeline: str) -> DAG:
 
                 return run_scheduled(current, progress)
             return pipelines.execute(pipeline, conf, storage_root=current.pipelines_storage_root,
-                                     progress=progress, ssh_timeout=current.ssh_connect_timeout)
+                                     progress=progress, ssh_timeout=current.ssh_connect_timeout,
+                                     url_policy=policy_for(current))
 
         transfer()
     return dag

@@ -35,6 +35,7 @@ from data_logistics.credentials import SiteRef, burn, unwrap_private_key
 from data_logistics.errors import DatasetUnresolved, InvalidTransfer
 from data_logistics.openssh import OpenSSHLink
 from data_logistics.transfer import Destination, LocalDestination, ProgressFn, SiteDestination, TransferResult
+from data_logistics.urls import UrlPolicy
 from hpcwaas.ssh import SSHSession, connect
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,19 @@ class HttpSource(_Spec):
     kind: Literal["http"]
     url: str = Field(pattern=r"^https?://")
     sha256: str | None = None
+    internal: bool = Field(default=False, description="a URL the gateway made itself (an image ticket): "
+                           "exempt from the public-address policy; never set from a user's request")
+
+
+_AREA = r"^users/[A-Za-z0-9_-]{1,64}$"
 
 
 class LocalSource(_Spec):
     kind: Literal["local"]
     path: str
     sha256: str | None = None
+    area: str | None = Field(default=None, pattern=_AREA,
+                             description="the owner's folder in the storage the path is confined to")
 
 
 class SiteSource(_Spec):
@@ -74,6 +82,8 @@ class SiteTarget(_Spec):
 class LocalTarget(_Spec):
     kind: Literal["local"]
     path: str
+    area: str | None = Field(default=None, pattern=_AREA,
+                             description="the owner's folder in the storage the path is confined to")
 
 
 Source = Annotated[HttpSource | LocalSource | SiteSource, Field(discriminator="kind")]
@@ -193,14 +203,18 @@ def execute(
     storage_root: Path,
     progress: ProgressFn | None = None,
     ssh_timeout: float = 10.0,
+    url_policy: UrlPolicy | None = None,
 ) -> dict[str, Any]:
-    """Run one transfer pipeline; the JSON-able result the DAG returns (its XCom ``return_value``)."""
+    """Run one transfer pipeline; the JSON-able result the DAG returns (its XCom ``return_value``).
+
+    Every request to a user's http(s) source, redirects included, passes ``url_policy`` (public
+    addresses only when none is given)."""
     conf = parse_conf(pipeline, raw_conf)
     refs = conf.site_refs()
     began = datetime.now(UTC)
     with _sessions(refs, ssh_timeout) as sessions:
         by_ref = dict(zip((id(r) for r in refs), sessions, strict=True))
-        source = _open_source(conf, by_ref, storage_root)
+        source = _open_source(conf, by_ref, storage_root, url_policy or UrlPolicy())
         destination, path = _open_target(conf, by_ref, storage_root)
         try:
             result = _copy(conf, source, destination, path, progress)
@@ -210,13 +224,13 @@ def execute(
     return _result(conf, result, began)
 
 
-def _open_source(conf: RunConf, sessions: dict[int, tuple[SSHSession, OpenSSHLink | None]], storage_root: Path
-                 ) -> transfer.FileSource | transfer.TreeSource:
+def _open_source(conf: RunConf, sessions: dict[int, tuple[SSHSession, OpenSSHLink | None]], storage_root: Path,
+                 policy: UrlPolicy) -> transfer.FileSource | transfer.TreeSource:
     src = conf.source
     if isinstance(src, HttpSource):
-        return transfer.HttpFile(src.url, src.sha256)
+        return transfer.HttpFile(src.url, src.sha256, guard=None if src.internal else policy.guard())
     if isinstance(src, LocalSource):
-        return transfer.local_source(storage_root, src.path, src.sha256)
+        return transfer.local_source(storage_root / (src.area or ""), src.path, src.sha256)
     assert isinstance(src, SiteSource)
     session, link = sessions[id(src.site)]
     return transfer.site_source(session, src.site.work_dir, src.path, src.sha256, link=link)
@@ -228,8 +242,9 @@ def _open_target(conf: RunConf, sessions: dict[int, tuple[SSHSession, OpenSSHLin
     if isinstance(target, SiteTarget):
         session, link = sessions[id(target.site)]
         return SiteDestination(session, target.site.work_dir, link), target.path
-    storage_root.mkdir(parents=True, exist_ok=True)
-    return LocalDestination(storage_root), target.path
+    root = storage_root / (target.area or "")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return LocalDestination(root), target.path
 
 
 def _copy(conf: RunConf, source: transfer.FileSource | transfer.TreeSource, destination: Destination, path: str,

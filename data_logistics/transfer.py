@@ -175,13 +175,16 @@ class LocalFile(FileSource):
 class HttpFile(FileSource):
     """A file behind an http(s) URL, read with ``Range`` to resume; TLS is always verified."""
 
-    def __init__(self, url: str, declared_sha256: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, declared_sha256: str | None = None, timeout: float = 30.0,
+                 guard: Callable[[str], None] | None = None) -> None:
         if not url.startswith(("https://", "http://")):
             raise InvalidTransfer("only http and https URLs can be downloaded", field="url")
         self.url = url
         self.label = url
         self.declared_sha256 = check_sha256(declared_sha256)
-        self._client = httpx.Client(timeout=timeout, follow_redirects=True, verify=True)
+        hooks = {"request": [lambda request: guard(str(request.url))]} if guard else {}
+        # ``guard`` sees every request, redirects included, before it is sent.
+        self._client = httpx.Client(timeout=timeout, follow_redirects=True, verify=True, event_hooks=hooks)
         self._size: int | None = None
 
     def size(self) -> int | None:

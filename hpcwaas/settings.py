@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         default=DEFAULT_STACK_DIR / "airflow" / "storage",
         description="Local storage target of the pipelines (file: URLs); paths stay inside it.",
     )
+    pipelines_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names) or address ranges (CIDR) that stage-in may fetch from although they are "
+        "internal; by default only public addresses are fetched, and never the gateway, Vault or Airflow.")
     pipelines_wrap_ttl: str = Field(default="900s", pattern=r"^[1-9][0-9]{0,5}[smh]$",
                                     description="Lifetime of the single-use Vault token a run gets.")
     pipelines_sync_interval_minutes: int = Field(

@@ -69,6 +69,7 @@ class PipelineExecutor:
 
     needs_file = False
     pipeline = ""
+    internal_source = False  # the image transfer's source is the gateway's own ticket URL
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, vault: Vault) -> None:
         self.sessions, self.settings, self.vault = sessions, settings, vault
@@ -110,7 +111,7 @@ class PipelineExecutor:
             try:
                 with self.sessions() as db:
                     pipelines.start_run(db, self.vault, self.settings, self._user(db, request), self.pipeline, data,
-                                        run_id=run_id)
+                                        run_id=run_id, internal_source=self.internal_source)
             except HpcwaasError as exc:
                 if isinstance(exc, OperationError):
                     raise
@@ -272,6 +273,7 @@ class ImageTransferExecutor(PipelineExecutor):
     """A built image to the site, as an ``image_transfer`` DAG run downloading it from the gateway."""
 
     pipeline = "image_transfer"
+    internal_source = True
 
     def request_for(self, request: OperationRequest) -> PipelineRunCreate:
         from gateway.services import image_tickets

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import threading
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +27,7 @@ from data_logistics import pipelines as dl
 from data_logistics.client import AirflowClient, RunStatus, new_run_id
 from data_logistics.credentials import burn
 from data_logistics.errors import DatasetUnresolved, InvalidTransfer, PipelineNotFound
+from data_logistics.urls import policy_for
 from gateway.errors import NotFound
 from gateway.persistence.models import Role, SSHKey, User
 from gateway.schemas.pipelines import PipelineOut, PipelineRunCreate, PipelineRunOut
@@ -111,11 +113,58 @@ def _file_path(url: str, field: str) -> str:
     return path
 
 
+USERS_AREA = "users"
+
+
+def user_area(user_id: str) -> str:
+    """A user's own folder in the pipelines' storage (relative to its root): their ``file:`` paths
+    and their stage-out results live there, and nobody else's run reads or writes it."""
+    return f"{USERS_AREA}/{user_id}"
+
+
+def _relative(path: str, base: str, field: str, what: str) -> str:
+    """``path`` (absolute, or relative to ``base``) as a path inside ``base``; refuses escapes."""
+    if path.startswith("/"):
+        absolute = posixpath.normpath(path)
+        if not absolute.startswith(base.rstrip("/") + "/"):
+            raise InvalidTransfer(f"{field}: {path!r} is not inside {what}", field=field,
+                                  hint="give a path relative to your own storage folder, or name a dataset you "
+                                       "may read (dataset:<id>)")
+        path = absolute[len(base.rstrip("/")) + 1:]
+    relative = posixpath.normpath(path)
+    if relative in (".", "..") or relative.startswith("../"):
+        raise InvalidTransfer(f"{field}: {path!r} leaves {what}", field=field)
+    return relative
+
+
+def own_file(settings: Settings, user_id: str, url: str, field: str) -> dict[str, str]:
+    """A user's ``file:`` URL as a path in their own folder of the storage (checked before any run)."""
+    area = user_area(user_id)
+    base = str(settings.pipelines_storage_root / area)
+    return {"area": area, "path": _relative(_file_path(url, field), base, field, "your own storage folder")}
+
+
+def dataset_file(settings: Settings, owner_id: str, path: str, dataset_id: str) -> dict[str, Any]:
+    """A catalogue dataset's ``file:`` location, confined to its owner's folder (or the shared part
+    of the storage outside ``users/``): a dataset cannot point a reader at someone else's files."""
+    root = str(settings.pipelines_storage_root)
+    relative = _relative(path, root, "source", f"the pipelines' storage ({root})")
+    parts = relative.split("/")
+    if parts[0] != USERS_AREA:
+        return {"area": None, "path": relative}
+    if len(parts) < 3 or parts[1] != owner_id:
+        raise DatasetUnresolved(f"dataset {dataset_id!r} points into another user's storage folder",
+                                hint="a dataset's file location must lie in its owner's own folder",
+                                dataset_id=dataset_id)
+    return {"area": user_area(owner_id), "path": "/".join(parts[2:])}
+
+
 STAGEABLE = ("sftp", "file", "http", "https")  # the locations a stage-in pipeline reads
 
 
-def resolve_dataset(db: Session, user_id: str, username: str, admin: bool, dataset_id: str) -> tuple[str, str | None]:
-    """(location URL, checksum) of a dataset the caller may read and stage-in can read from.
+def resolve_dataset(db: Session, user_id: str, username: str, admin: bool,
+                    dataset_id: str) -> tuple[str, str | None, str]:
+    """(location URL, checksum, owner id) of a dataset the caller may read and stage-in can read.
 
     Raises the catalogue's DatasetNotFound for an absent or unreadable one, DatasetUnresolved for
     one without a location (or on storage no pipeline reads). Used when a run starts and, earlier,
@@ -142,32 +191,38 @@ def resolve_dataset(db: Session, user_id: str, username: str, admin: bool, datas
         raise DatasetUnresolved(f"dataset {dataset_id!r} lives on {resolved.protocol!r} storage, which the "
                                 "pipelines cannot read yet", hint=f"stage-in reads {', '.join(STAGEABLE)} locations",
                                 dataset_id=dataset_id)
-    return url, resolved.checksum_sha256
+    return url, resolved.checksum_sha256, resolved.owner_id
 
 
 def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipeline: str,
-              data: PipelineRunCreate, run_id: str | None = None) -> PipelineRunOut:
+              data: PipelineRunCreate, run_id: str | None = None, internal_source: bool = False) -> PipelineRunOut:
     """Check everything, then wrap the keys and trigger the DAG run.
 
     ``run_id`` makes the trigger idempotent for callers that may retry (the engine derives it
-    from the operation's tag); a new id is made otherwise."""
+    from the operation's tag); a new id is made otherwise. ``internal_source`` (never from a
+    request) exempts a URL the gateway made itself (an image ticket) from the public-address rule."""
     _check_pipeline(pipeline)
     key = get_owned(db, user, data.ssh_key)
     target_key = get_owned(db, user, data.target_ssh_key) if data.target_ssh_key else key
-    dataset_id = None
+    dataset_id = owner_id = None
     source_url, sha256 = data.source, data.sha256
     if source_url.startswith("dataset:"):
         dataset_id = source_url.removeprefix("dataset:")
-        source_url, declared = resolve_dataset(db, user.id, user.username, user.role == Role.ADMIN, dataset_id)
+        source_url, declared, owner_id = resolve_dataset(db, user.id, user.username, user.role == Role.ADMIN,
+                                                         dataset_id)
         sha256 = sha256 or declared
     sources, targets = dl.SHAPES[pipeline]
 
     plans: dict[str, tuple[_SitePlan, str]] = {}
     source: dict[str, Any]
     if source_url.startswith(("https://", "http://")):
-        source = {"kind": "http", "url": source_url}
+        if not internal_source:
+            policy_for(settings).check(source_url)
+        source = {"kind": "http", "url": source_url, "internal": internal_source}
+    elif source_url.startswith("file:") and dataset_id is not None and owner_id is not None:
+        source = {"kind": "local", **dataset_file(settings, owner_id, _file_path(source_url, "source"), dataset_id)}
     elif source_url.startswith("file:"):
-        source = {"kind": "local", "path": _file_path(source_url, "source")}
+        source = {"kind": "local", **own_file(settings, user.id, source_url, "source")}
     elif source_url.startswith("sftp://"):
         site_name, path = _site_path(source_url, "source")
         plans["source"] = (_SitePlan(db, user, site_name, key, data.login), path)
@@ -183,7 +238,7 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
         plans["target"] = (_SitePlan(db, user, site_name, target_key, login), path)
         target = {"kind": "site", "path": path}
     elif data.target.startswith("file:"):
-        target = {"kind": "local", "path": _file_path(data.target, "target")}
+        target = {"kind": "local", **own_file(settings, user.id, data.target, "target")}
     else:
         raise InvalidTransfer("target must be an sftp://<site>/<path> or file:<path> URL", field="target")
     if source["kind"] not in sources:

@@ -61,9 +61,10 @@ def test_stage_in_and_stage_out_through_airflow(people: dict[str, Person], alice
     alice = people["alice"]
     assert stack.airflow is not None
     storage = stack.airflow.storage_root
+    own = storage / "users" / alice.id  # a user's file: paths are in her own folder of the storage
     data = os.urandom(3 * 1024 * 1024)
-    (storage / "tests").mkdir(parents=True, exist_ok=True)
-    (storage / "tests" / f"{unique}.bin").write_bytes(data)
+    (own / "tests").mkdir(parents=True, exist_ok=True)
+    (own / "tests" / f"{unique}.bin").write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
 
     listed = alice.get("/pipelines")
@@ -95,7 +96,7 @@ def test_stage_in_and_stage_out_through_airflow(people: dict[str, Person], alice
     assert out.status_code == 201, out.text
     done = _wait(alice, "stage_out", out.json()["id"])
     assert done["state"] == "success", done
-    assert (storage / "results" / f"{unique}.bin").read_bytes() == data
+    assert (own / "results" / f"{unique}.bin").read_bytes() == data
     registered = done["registered_dataset"]
     assert registered, done.get("registration_error")
     entry = alice.get(f"/catalogue/datasets/{registered}")
@@ -202,9 +203,58 @@ def test_cancel_spends_the_token(people: dict[str, Person], alice_key: tuple[str
                                  unique: str) -> None:
     alice = people["alice"]
     started = alice.post("/pipelines/image_transfer/runs", json={
-        "ssh_key": alice_key[0], "source": "http://127.0.0.1:9/never.sif", "target": f"sftp://local/{unique}.sif"})
+        "ssh_key": alice_key[0], "source": "http://192.0.2.1/never.sif", "target": f"sftp://local/{unique}.sif"})
     assert started.status_code == 201, started.text
     cancelled = alice.delete(f"/pipelines/image_transfer/runs/{started.json()['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "failed"
     conf = airflow.get_run("image_transfer", started.json()["id"])["conf"]
     assert not burn(conf["target"]["site"]["vault_addr"], conf["target"]["site"]["wrap_token"])
+
+
+def test_internal_services_are_never_a_source(people: dict[str, Person], alice_key: tuple[str, str],
+                                              airflow: AirflowClient, vault_info: Any, stack: StackInfo,
+                                              settings: Settings) -> None:
+    """A stage-in source on OpenBao, Airflow, the gateway or any internal address is a 422 when the
+    request arrives: no run, no wrapped token."""
+    assert stack.airflow is not None
+    before = _airflow_run_count(airflow)
+    for url in (f"{vault_info.addr}/v1/sys/health", f"{stack.airflow.url}/api/v2/version",
+                f"{settings.public_url}/health", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.7/x"):
+        resp = people["alice"].post("/pipelines/stage_in/runs", json={
+            "ssh_key": alice_key[0], "source": url, "target": "sftp://local/ssrf"})
+        assert resp.status_code == 422, (url, resp.text)
+        assert "internal address" in error_of(resp)["message"] or "own services" in error_of(resp)["message"]
+    assert _airflow_run_count(airflow) == before
+
+
+def test_file_paths_are_the_callers_own_and_datasets_their_owners(
+        people: dict[str, Person], alice_key: tuple[str, str], airflow: AirflowClient, stack: StackInfo,
+        site: SiteInfo, unique: str) -> None:
+    """Bob reaches alice's files neither by path (absolute, or escaping his folder), nor for
+    writing, nor through a dataset of his own that points into her folder: each is a 4xx before
+    any run."""
+    alice, bob = people["alice"], people["bob"]
+    assert stack.airflow is not None
+    theirs = stack.airflow.storage_root / "users" / alice.id / "results" / f"secret-{unique}.bin"
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_bytes(b"alice's result")
+    bob_key = bob.post("/ssh_keys", json={"login": "sciuser2"}).json()["id"]
+    before = _airflow_run_count(airflow)
+
+    def stage(pipeline: str, source: str, target: str) -> Any:
+        return bob.post(f"/pipelines/{pipeline}/runs", json={"ssh_key": bob_key, "source": source, "target": target})
+
+    by_path = stage("stage_in", f"file://{theirs}", "sftp://local/stolen")
+    assert by_path.status_code == 422 and "your own storage folder" in error_of(by_path)["message"]
+    escaping = stage("stage_in", f"file:../{alice.id}/results/secret-{unique}.bin", "sftp://local/stolen")
+    assert escaping.status_code == 422 and "leaves your own storage folder" in error_of(escaping)["message"]
+    overwrite = stage("stage_out", "sftp://local/x", f"file://{theirs}")
+    assert overwrite.status_code == 422 and error_of(overwrite)["details"]["field"] == "target"
+    pointer = bob.post("/catalogue/datasets", json={"title": f"Not mine {unique}", "location": f"file://{theirs}",
+                                                    "access": "public"})
+    assert pointer.status_code == 201, pointer.text
+    via_dataset = stage("stage_in", f"dataset:{pointer.json()['id']}", "sftp://local/stolen")
+    assert via_dataset.status_code == 422, via_dataset.text
+    assert "another user's storage folder" in error_of(via_dataset)["message"]
+    assert _airflow_run_count(airflow) == before
+    assert theirs.read_bytes() == b"alice's result"
