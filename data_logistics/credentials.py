@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from data_logistics.errors import CredentialUnavailable
 from hpcwaas.errors import VaultError, VaultUnavailable
-from hpcwaas.ssh import SiteEndpoint, SSHSession, connect, parse_public_key
+from hpcwaas.ssh import SiteEndpoint, SSHCredential, SSHSession, connect, parse_public_key
 from hpcwaas.vault import unwrap
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ class SiteRef(BaseModel):
         return self.model_dump(exclude={"wrap_token", "vault_addr"})
 
 
-def unwrap_private_key(vault_addr: str, wrap_token: str) -> str:
-    """The private key inside a wrapping token; the token is spent by this call."""
+def unwrap_credential(vault_addr: str, wrap_token: str) -> SSHCredential:
+    """The SSH credential inside a wrapping token (a stored key, or a per-run key and its
+    certificate); the token is spent by this call."""
     try:
         data = unwrap(vault_addr, wrap_token)
     except VaultUnavailable as exc:
@@ -85,10 +86,10 @@ def unwrap_private_key(vault_addr: str, wrap_token: str) -> str:
             "the run's single-use credential token could not be unwrapped (already used or expired)",
             hint="start a new run: each run gets a fresh token from the gateway",
         ) from exc
-    key = data.get("private_key")
+    key, certificate = data.get("private_key"), data.get("certificate")
     if not isinstance(key, str):
         raise CredentialUnavailable("the wrapped secret holds no SSH private key")
-    return key
+    return SSHCredential(key, certificate if isinstance(certificate, str) else None)
 
 
 def burn(vault_addr: str, wrap_token: str) -> bool:
@@ -103,7 +104,7 @@ def burn(vault_addr: str, wrap_token: str) -> bool:
 @contextmanager
 def site_session(ref: SiteRef, timeout: float = 10.0) -> Iterator[SSHSession]:
     """Unwrap the key, open a host-key-verified session, and forget the key."""
-    private_key = unwrap_private_key(ref.vault_addr, ref.wrap_token)
+    private_key = unwrap_credential(ref.vault_addr, ref.wrap_token)
     with connect(ref.endpoint, ref.login, private_key, timeout=timeout) as session:
         del private_key  # the connection is authenticated; the key is not kept
         log.info("connected to %s (%s) as %s with key %s", ref.site, ref.endpoint.label, ref.login, ref.key_id)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_logistics.errors import StagingError
-from hpcwaas.ssh import SiteEndpoint, parse_public_key
+from hpcwaas.ssh import SiteEndpoint, SSHCredential, parse_public_key
 
 # Cipher preference for the bulk streams: AES-GCM first (AES-NI makes it ~1.5-2x faster than
 # OpenSSH's default first choice, chacha20-poly1305, on x86 login nodes), then OpenSSH's own defaults,
@@ -58,7 +58,8 @@ def available() -> bool:
 class OpenSSHLink:
     """``ssh`` processes to one site as one login, authenticated through a private agent."""
 
-    def __init__(self, endpoint: SiteEndpoint, login: str, private_key: str) -> None:
+    def __init__(self, endpoint: SiteEndpoint, login: str, private_key: str | SSHCredential) -> None:
+        credential = private_key if isinstance(private_key, SSHCredential) else SSHCredential(private_key)
         self.endpoint = endpoint
         self.login = login
         self._dir = Path(tempfile.mkdtemp(prefix="hpcwaas-ssh-"))
@@ -67,6 +68,10 @@ class OpenSSHLink:
         pinned = parse_public_key(endpoint.host_key)
         name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
         (self._dir / "known_hosts").write_text(f"{name} {pinned.line}\n")
+        # A certificate is public: ssh reads it from a file, the key stays in the agent.
+        self._certificate = self._dir / "key-cert.pub" if credential.certificate else None
+        if self._certificate is not None:
+            self._certificate.write_text(f"{credential.certificate}\n")
         self._agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(self._sock)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -77,7 +82,7 @@ class OpenSSHLink:
                 if time.monotonic() > deadline or self._agent.poll() is not None:
                     raise StagingError("ssh-agent did not start")
                 time.sleep(0.01)
-            added = subprocess.run(["ssh-add", "-q", "-"], input=private_key.encode(), env=self._env(),
+            added = subprocess.run(["ssh-add", "-q", "-"], input=credential.private_key.encode(), env=self._env(),
                                    capture_output=True, timeout=30)
             if added.returncode != 0:
                 raise StagingError(f"ssh-add refused the key: {added.stderr.decode(errors='replace')[-300:]}")
@@ -102,6 +107,7 @@ class OpenSSHLink:
             "ssh", "-p", str(self.endpoint.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self._dir / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"IdentityAgent={self._sock}", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+            *(["-o", f"CertificateFile={self._certificate}"] if self._certificate is not None else []),
             "-c", ciphers(), "-F", "/dev/null", "-l", self.login, self.endpoint.host, "--", shlex.join(remote_argv),
         ]
 

@@ -31,12 +31,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_logistics import openssh, transfer
-from data_logistics.credentials import SiteRef, burn, unwrap_private_key
+from data_logistics.credentials import SiteRef, burn, unwrap_credential
 from data_logistics.errors import DatasetUnresolved, InvalidTransfer
 from data_logistics.openssh import OpenSSHLink
 from data_logistics.transfer import Destination, LocalDestination, ProgressFn, SiteDestination, TransferResult
 from data_logistics.urls import UrlPolicy
-from hpcwaas.ssh import SSHSession, connect
+from hpcwaas.ssh import SSHCredential, SSHSession, connect
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,11 @@ def _sessions(refs: list[SiteRef], timeout: float) -> Iterator[list[tuple[SSHSes
 
     Each site gets a paramiko session (commands) and, when OpenSSH is installed, an OpenSSH link
     for the bulk stream (its key in a private agent)."""
-    keys: list[str | None] = []
+    keys: list[SSHCredential | None] = []
     failure: Exception | None = None
     for ref in refs:  # all tokens are spent even if one of them fails
         try:
-            keys.append(unwrap_private_key(ref.vault_addr, ref.wrap_token))
+            keys.append(unwrap_credential(ref.vault_addr, ref.wrap_token))
         except Exception as exc:
             keys.append(None)
             failure = failure or exc

@@ -8,11 +8,16 @@ reach a sandboxed Ansible run's own ``ssh-agent`` on standard input, or paramiko
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from deployer.errors import CredentialError
 from hpcwaas.errors import HpcwaasError
+from hpcwaas.ssh import SSHCredential
 from hpcwaas.vault import Vault
+
+#: Issues a short-lived credential (new key, certificate) for a site login: sites that trust a CA.
+CertificateIssuer = Callable[[str], SSHCredential]
 
 
 class CredentialProvider(Protocol):
@@ -56,11 +61,14 @@ class CredentialResolver:
     deployer's operator, who holds a Vault token of their own: only :meth:`for_operator` makes it.
     """
 
-    def __init__(self, source: CredentialProvider | None, acting_user: str) -> None:
+    def __init__(self, source: CredentialProvider | None, acting_user: str,
+                 certificates: CertificateIssuer | None = None) -> None:
         if not acting_user:
             raise CredentialError("a credential resolver needs the user it acts for")
         self._source = source
         self.acting_user: str | None = acting_user
+        self._certificates = certificates
+        self._issued: dict[str, SSHCredential] = {}
 
     @classmethod
     def for_operator(cls, source: CredentialProvider | None) -> CredentialResolver:
@@ -89,6 +97,17 @@ class CredentialResolver:
                 hint="configure Vault (HPCWAAS_VAULT_ADDR, HPCWAAS_VAULT_TOKEN_FILE)",
             )
         return self._source.private_key(credential_ref)
+
+    def credential(self, credential_ref: str, login: str) -> SSHCredential:
+        """What a login as ``login`` with ``credential_ref`` uses: on a site that trusts the CA, a new
+        key with a short-lived certificate for that login (one per resolver, i.e. per step of a
+        run); else the stored key. The owner is checked first either way."""
+        if self._certificates is None:
+            return SSHCredential(self.private_key(credential_ref))
+        self.key_id(credential_ref)
+        if login not in self._issued:
+            self._issued[login] = self._certificates(login)
+        return self._issued[login]
 
 
 class StaticCredentialProvider:

@@ -158,20 +158,24 @@ def main() -> None:
                   f"token {boot['token'][:11]}... (shown once)")
     admin = Client(URL, boot["token"])
 
-    step(3, "Admin: register the local site, pinning its host key")
+    step(3, "Admin: register the local site, pinning its host key; runs log in with per-run certificates")
     offered = admin.scan_host_keys(site.host, site.port)
     published = next(k for k in offered if k["key"] == site.host_key)
     console.print(f"   {site.host}:{site.port} offers {published['key_type']} {published['fingerprint']}")
     console.print("   matches the fingerprint the site publishes (its sshd host key): [green]confirmed[/green]")
     registered = ensure(
         admin.register_site, name="local", login_host=site.host, port=site.port, partitions=site.partitions,
-        work_dir="/home/{login}/hpcwaas", host_key=published["key"],
+        work_dir="/home/{login}/hpcwaas", host_key=published["key"], ssh_certificates=True,
         description="Loopback site: OpenSSH login node and a one-node Slurm cluster",
         exists=lambda: admin.get_site("local"),
     )
     if registered["host_key"] != published["key"]:
         raise SystemExit("site 'local' is pinned to another host key: refusing to continue")
-    console.print(f"   site [bold]local[/bold] pinned to {registered['host_key_fingerprint']}")
+    if not registered["ssh_certificates"]:  # a site registered by an older demo
+        registered = admin.update_site("local", ssh_certificates=True)
+    console.print(f"   site [bold]local[/bold] pinned to {registered['host_key_fingerprint']}; its sshd trusts "
+                  "the gateway's SSH CA (TrustedUserCAKeys): each run logs in with a new key and a certificate "
+                  "naming it")
 
     step(4, "Admin: create the scientist 'alice' and a token for her")
     alice_user = ensure(admin.create_user, "alice", "scientist", full_name="Alice Scientist",
@@ -307,6 +311,7 @@ def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dic
         raise SystemExit(f"the execution ended {execution['state']}: {execution['error']}")
     outputs = execution["outputs"]
     console.print(Panel(str(outputs.get("top_words", "")).rstrip(), title="the job's output", expand=False))
+    show_certificate_logins(stack, execution["id"])
 
     step(14, "Alice: the result, registered in the catalogue with its provenance")
     result = alice.request("GET", f"/catalogue/datasets/{outputs['result_dataset']}")
@@ -317,6 +322,16 @@ def workflow_demo(stack: StackInfo, admin: Client, alice: Client, alice_key: dic
     console.print(f"   browse it: {URL}/catalogue/ui/datasets/{result['id']}")
     console.print(f"   provenance (W3C PROV; `waas executions provenance {execution['id']}`):")
     show_provenance(alice.execution_provenance(execution["id"]))
+
+
+def show_certificate_logins(stack: StackInfo, execution_id: str) -> None:
+    """The site's own record: each login of the run used a certificate whose key id is the execution."""
+    log = stack.stack_dir / "sshd" / "sshd.log"
+    lines = [line for line in log.read_text(errors="replace").splitlines() if f"ID execution:{execution_id} " in line]
+    if not lines:
+        raise SystemExit(f"no login of execution {execution_id} with its certificate in {log}")
+    console.print(f"   the site's sshd logged {len(lines)} login(s) with the execution's certificate, e.g.:")
+    console.print(f"   [dim]{lines[-1].split('Accepted ', 1)[-1]}[/dim]")
 
 
 if __name__ == "__main__":

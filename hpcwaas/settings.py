@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         default=None, description="File holding the gateway's Vault token (read at start)."
     )
     vault_mount: str = "hpcwaas"
+    vault_ssh_mount: str = Field(default="hpcwaas-ssh", description="Vault's SSH secrets engine (the CA that "
+                                 "signs per-run certificates for sites that trust it).")
+    vault_ssh_role: str = Field(default="runs", description="The SSH engine's role the gateway signs with.")
+    ssh_certificate_ttl: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600,
+        description="Validity of a per-run SSH certificate (seconds). Each step of a run gets a new one, and a "
+        "login needs a valid one only when it is made: a batch job outlives its certificate.")
     vault_timeout: float = 5.0
 
     ssh_connect_timeout: float = 10.0

@@ -114,6 +114,18 @@ class KeyPair:
         return f"KeyPair(public={self.public.line!r})"
 
 
+@dataclass(frozen=True)
+class SSHCredential:
+    """What a login uses: a private key and, on sites that trust the gateway's SSH CA, a short-lived
+    certificate for it (whose key id names the run)."""
+
+    private_key: str
+    certificate: str | None = None
+
+    def __repr__(self) -> str:  # keep the private half out of logs and tracebacks
+        return f"SSHCredential(certificate={'yes' if self.certificate else 'no'})"
+
+
 def _public_of(private: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> PublicKey:
     line = private.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
@@ -339,11 +351,17 @@ class SSHSession:
 def connect(
     endpoint: SiteEndpoint,
     username: str,
-    private_key: str,
+    private_key: str | SSHCredential,
     *,
     timeout: float = 10.0,
 ) -> Iterator[SSHSession]:
-    """Open an SSH session that verifies the pinned host key; close it on exit."""
+    """Open an SSH session that verifies the pinned host key; close it on exit.
+
+    ``private_key`` is a key, or an :class:`SSHCredential` whose certificate is presented with it."""
+    credential = private_key if isinstance(private_key, SSHCredential) else SSHCredential(private_key)
+    pkey = load_pkey(credential.private_key)
+    if credential.certificate:
+        pkey.load_certificate(credential.certificate)
     pinned = parse_public_key(endpoint.host_key)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -355,7 +373,7 @@ def connect(
             endpoint.host,
             port=endpoint.port,
             username=username,
-            pkey=load_pkey(private_key),
+            pkey=pkey,
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
@@ -373,8 +391,11 @@ def connect(
     except paramiko.AuthenticationException as exc:
         client.close()
         raise AuthenticationFailed(
-            f"{endpoint.label} refused the key for login {username!r}",
-            hint=f"append the public key to ~{username}/.ssh/authorized_keys on the site",
+            f"{endpoint.label} refused the {'certificate' if credential.certificate else 'key'} for login "
+            f"{username!r}",
+            hint=("the site's sshd must trust the gateway's SSH CA (TrustedUserCAKeys, see docs/security.md)"
+                  if credential.certificate else
+                  f"append the public key to ~{username}/.ssh/authorized_keys on the site"),
             host=endpoint.label,
             login=username,
         ) from exc

@@ -18,6 +18,7 @@ import requests
 
 from hpcwaas.errors import SecretNotFound, VaultError, VaultUnavailable
 from hpcwaas.settings import Settings
+from hpcwaas.ssh import SSHCredential, generate_keypair
 
 T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -59,9 +60,10 @@ class Vault:
     """A thin, typed wrapper around the KV v2 mount the gateway owns."""
 
     def __init__(self, addr: str, token: str | None, mount: str = "hpcwaas", timeout: float = 5.0,
-                 token_file: Path | None = None) -> None:
+                 token_file: Path | None = None, ssh_mount: str = "hpcwaas-ssh", ssh_role: str = "runs") -> None:
         self.addr = addr
         self.mount = mount
+        self.ssh_mount, self.ssh_role = ssh_mount, ssh_role
         self._token_file = token_file
         self._client = hvac.Client(url=addr, token=token, timeout=timeout)
 
@@ -74,6 +76,8 @@ class Vault:
             mount=settings.vault_mount,
             timeout=settings.vault_timeout,
             token_file=settings.vault_token_file if settings.vault_token is None else None,
+            ssh_mount=settings.vault_ssh_mount,
+            ssh_role=settings.vault_ssh_role,
         )
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
@@ -145,6 +149,42 @@ class Vault:
         )
         token: str = resp["wrap_info"]["token"]
         return token
+
+    def wrap_data(self, data: dict[str, str], ttl: str = "300s") -> str:
+        """Put ``data`` (made here, not stored) into a single-use response-wrapping token."""
+        resp = self._call(
+            "wrap a credential",
+            lambda: self._client.adapter.post("/v1/sys/wrapping/wrap", json=data, headers={"X-Vault-Wrap-TTL": ttl}),
+        )
+        token: str = resp["wrap_info"]["token"]
+        return token
+
+    # SSH certificates ---------------------------------------------------------------------
+
+    def sign_ssh_key(self, public_key: str, principal: str, key_id: str, ttl_seconds: int) -> str:
+        """A user certificate from Vault's SSH CA: valid for ``principal`` only, for ``ttl_seconds``,
+        its key id (logged by the site's sshd at every login) ``key_id``."""
+        resp = self._call(
+            f"sign an SSH certificate for {principal}",
+            lambda: self._client.adapter.post(
+                f"/v1/{self.ssh_mount}/sign/{self.ssh_role}",
+                json={"public_key": public_key, "valid_principals": principal, "cert_type": "user",
+                      "key_id": key_id, "ttl": f"{int(ttl_seconds)}s"}),
+        )
+        certificate: str = resp["data"]["signed_key"]
+        return certificate.strip()
+
+    def issue_ssh_credential(self, principal: str, key_id: str, ttl_seconds: int) -> SSHCredential:
+        """A fresh key pair (kept in memory only) and its short-lived certificate."""
+        pair = generate_keypair()
+        return SSHCredential(pair.private_key, self.sign_ssh_key(pair.public.line, principal, key_id, ttl_seconds))
+
+    def ssh_ca_public_key(self) -> str:
+        """The CA's public key, as a site's ``TrustedUserCAKeys`` line."""
+        resp = self._call("read the SSH CA's public key",
+                          lambda: self._client.adapter.get(f"/v1/{self.ssh_mount}/config/ca"))
+        key: str = resp["data"]["public_key"]
+        return key.strip()
 
     # SSH keys -----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import Any
 from deployer import sandbox as sandboxes
 from deployer.errors import OperationError
 from deployer.executors import HostSpec, OperationRequest, OperationResult, RunHooks
+from hpcwaas.ssh import SSHCredential
 from tosca import TOSCA_DIR
 
 _RUNNER = str(Path(sys.executable).parent / "ansible-runner")
@@ -151,8 +152,8 @@ class AnsibleExecutor:
 
     needs_file = True
 
-    def _inventory(self, request: OperationRequest, run_dir: Path) -> tuple[dict[str, Any], str | None]:
-        """The inventory, and the private key the run's agent must hold (None for a local host)."""
+    def _inventory(self, request: OperationRequest, run_dir: Path) -> tuple[dict[str, Any], SSHCredential | None]:
+        """The inventory, and the credential the run's agent must hold (None for a local host)."""
         host = request.host
         if host.local or host.endpoint is None:
             hostvars: dict[str, Any] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -162,8 +163,10 @@ class AnsibleExecutor:
                         hint="bind the HPCSite's credential to the gateway's credential or run_credential input")
         if request.credentials is None:
             raise _fail(request, "no credential provider is configured for SSH hosts")
-        key = request.credentials.private_key(host.credential)  # owner checked before anything connects
+        assert host.username is not None
+        key = request.credentials.credential(host.credential, host.username)  # owner checked first
         ssh_args = " ".join([
+            *([f"-o CertificateFile={run_dir / 'key-cert.pub'}"] if key.certificate else []),
             f"-o UserKnownHostsFile={run_dir / 'known_hosts'}",
             "-o GlobalKnownHostsFile=/dev/null",
             "-o StrictHostKeyChecking=yes",
@@ -188,9 +191,11 @@ class AnsibleExecutor:
         impl = request.op.implementation
         assert impl is not None
         run_dir = box.run_dir
-        inventory, key = self._inventory(request, run_dir)
-        if key is not None:
+        inventory, credential = self._inventory(request, run_dir)
+        if credential is not None:
             box.write("known_hosts", _known_hosts_line(request.host))
+            if credential.certificate:  # public: a file; the key goes to the agent only
+                box.write("key-cert.pub", credential.certificate + "\n")
         extravars = dict(request.inputs)
         box.copy_bundle(request.bundle_root)
         extravars["hpcwaas_artifacts"] = {k: str(box.path(v)) for k, v in request.artifacts.items()}
@@ -214,7 +219,7 @@ class AnsibleExecutor:
         if impl.timeout:
             settings["job_timeout"] = int(impl.timeout)
         box.write("env/settings", json.dumps(settings))
-        return key
+        return None if credential is None else credential.private_key
 
     def _command(self, request: OperationRequest, box: _Box, with_agent: bool) -> list[str]:
         impl = request.op.implementation

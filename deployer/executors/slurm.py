@@ -87,7 +87,7 @@ class SlurmJobExecutor:
                 request, "no SSH credential for the site", hint="set the HPCSite's credential and configure Vault"
             )
         try:
-            key = request.credentials.private_key(host.credential)  # owner checked before connecting
+            key = request.credentials.credential(host.credential, host.username)  # owner checked first
             with connect(host.endpoint, host.username, key) as session:
                 yield Slurm(session)
         except HpcwaasError as exc:

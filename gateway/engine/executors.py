@@ -111,7 +111,8 @@ class PipelineExecutor:
             try:
                 with self.sessions() as db:
                     pipelines.start_run(db, self.vault, self.settings, self._user(db, request), self.pipeline, data,
-                                        run_id=run_id, internal_source=self.internal_source)
+                                        run_id=run_id, internal_source=self.internal_source,
+                                        on_behalf=request.context.get("run_label"))
             except HpcwaasError as exc:
                 if isinstance(exc, OperationError):
                     raise

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from deployer.credentials import CredentialResolver, VaultCredentialProvider
+from deployer.credentials import CredentialResolver
 from deployer.engine import Engine
 from deployer.loader import open_package
 from deployer.model import Topology
@@ -39,6 +39,7 @@ from gateway.persistence.models import (
     utcnow,
 )
 from gateway.services.sites import work_dir_for
+from gateway.services.ssh_keys import resolver_for
 from gateway.services.workflows import DEPLOY_BINDINGS, RUN_BINDINGS
 from hpcwaas.errors import HpcwaasError
 from hpcwaas.settings import Settings
@@ -175,8 +176,10 @@ class Runner:
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, vault: Vault, owner: str) -> None:
         self.sessions, self.settings, self.vault, self.owner = sessions, settings, vault, owner
-        self.credentials = VaultCredentialProvider(vault)
         self.topologies = TopologyCache()
+
+    def _resolver(self, acting_user: str, site: Site, label: str) -> CredentialResolver:
+        return resolver_for(self.vault, acting_user, site, label, self.settings.ssh_certificate_ttl)
 
     # -- deployments --------------------------------------------------------------------------
 
@@ -196,8 +199,9 @@ class Runner:
             inputs = bind_inputs(version.inputs, deployment.inputs, site, deployment.login, deployment.owner_id,
                                  deployment.ssh_key_id, deployment.id)
             bundle, has_record = version.bundle, deployment.record is not None
-            acting_user = deployment.owner_id
-            context = {"user_id": deployment.owner_id, "deployment_id": deployment.id, "site_id": site.id,
+            credentials = self._resolver(deployment.owner_id, site, f"deployment:{deployment.id}")
+            context = {"user_id": deployment.owner_id, "deployment_id": deployment.id,
+                       "run_label": f"deployment:{deployment.id}", "site_id": site.id,
                        "site": site.name, "ssh_key_id": deployment.ssh_key_id, "login": deployment.login}
         sink = LogSink(self.sessions, deployment_id)
         store = DbStateStore(self.sessions, Deployment, deployment_id, self.owner)
@@ -205,7 +209,7 @@ class Runner:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=deployment_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers,
-                                credentials=CredentialResolver(self.credentials, acting_user),
+                                credentials=credentials,
                                 on_event=sink, context=context)
                 if undeploy:
                     run = engine.undeploy(resume=has_record, blocking=False)
@@ -263,8 +267,9 @@ class Runner:
                 initial = DeploymentRecord.model_validate(deployment.record)
                 initial.id, initial.runs = execution.id, []
             bundle, cancel = version.bundle, execution.cancel_requested
-            acting_user = execution.owner_id
-            context = {"user_id": execution.owner_id, "execution_id": execution.id, "deployment_id": deployment.id,
+            credentials = self._resolver(execution.owner_id, site, f"execution:{execution.id}")
+            context = {"user_id": execution.owner_id, "execution_id": execution.id,
+                       "run_label": f"execution:{execution.id}", "deployment_id": deployment.id,
                        "site_id": site.id, "site": site.name, "ssh_key_id": execution.ssh_key_id,
                        "login": execution.login, "run_dir": run_dir}
             workflow_name, workflow_inputs = execution.workflow_name, dict(execution.inputs)
@@ -274,7 +279,7 @@ class Runner:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=execution_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers,
-                                credentials=CredentialResolver(self.credentials, acting_user),
+                                credentials=credentials,
                                 on_event=sink, context=context, cancel_check=lambda: self._cancel_wanted(execution_id))
                 if cancel:
                     run = engine.record.last_run(workflow_name)

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hpcwaas.db import Base, new_id, utcnow
@@ -92,6 +92,8 @@ class Site(Base):
     work_dir: Mapped[str] = mapped_column(String(1024))
     host_key: Mapped[str] = mapped_column(Text)
     host_key_fingerprint: Mapped[str] = mapped_column(String(100))
+    # Runs log in with per-run certificates from Vault's SSH CA instead of stored keys.
+    ssh_certificates: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -48,6 +48,10 @@ class SiteCreate(BaseModel):
         max_length=20000,
         description="The pinned host key '<type> <base64>', confirmed by the admin (see POST /sites/host-keys).",
     )
+    ssh_certificates: bool = Field(
+        default=False, description="Each run logs in with a new key and a short-lived certificate from the "
+        "gateway's Vault SSH CA (key id: the execution or deployment), which the site's sshd trusts "
+        "(TrustedUserCAKeys; principal: the user's site login). Off: the user's stored key.")
 
 
 class SiteUpdate(BaseModel):
@@ -57,6 +61,7 @@ class SiteUpdate(BaseModel):
     partitions: list[Partition] | None = Field(default=None, max_length=100)
     work_dir: WorkDir | None = None
     host_key: str | None = Field(default=None, min_length=20, max_length=20000)
+    ssh_certificates: bool | None = None
 
 
 class SiteOut(ORMModel):
@@ -70,6 +75,7 @@ class SiteOut(ORMModel):
     work_dir: str
     host_key: str
     host_key_fingerprint: str
+    ssh_certificates: bool
     created_at: datetime
     updated_at: datetime
 

@@ -82,8 +82,16 @@ class _SitePlan:
         self.login = resolve_login(key, login)
         self.user = user
 
-    def ref(self, vault: Vault, ttl: str) -> dict[str, Any]:
-        token = vault.wrap(Vault.ssh_key_path(self.user.id, self.key.id), ttl)
+    def ref(self, vault: Vault, settings: Settings, label: str) -> dict[str, Any]:
+        """The site reference with a single-use token: for the stored key, or, on a site that
+        trusts the CA, a new key and a certificate whose key id is ``label``."""
+        ttl = settings.pipelines_wrap_ttl
+        if self.site.ssh_certificates:
+            issued = vault.issue_ssh_credential(self.login, label, settings.ssh_certificate_ttl)
+            assert issued.certificate is not None
+            token = vault.wrap_data({"private_key": issued.private_key, "certificate": issued.certificate}, ttl)
+        else:
+            token = vault.wrap(Vault.ssh_key_path(self.user.id, self.key.id), ttl)
         return {
             "site": self.site.name, "host": self.site.login_host, "port": self.site.port,
             "host_key": self.site.host_key, "login": self.login,
@@ -195,12 +203,14 @@ def resolve_dataset(db: Session, user_id: str, username: str, admin: bool,
 
 
 def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipeline: str,
-              data: PipelineRunCreate, run_id: str | None = None, internal_source: bool = False) -> PipelineRunOut:
+              data: PipelineRunCreate, run_id: str | None = None, internal_source: bool = False,
+              on_behalf: str | None = None) -> PipelineRunOut:
     """Check everything, then wrap the keys and trigger the DAG run.
 
     ``run_id`` makes the trigger idempotent for callers that may retry (the engine derives it
     from the operation's tag); a new id is made otherwise. ``internal_source`` (never from a
-    request) exempts a URL the gateway made itself (an image ticket) from the public-address rule."""
+    request) exempts a URL the gateway made itself (an image ticket) from the public-address rule.
+    ``on_behalf`` (an execution or deployment) names certificates issued for the run."""
     _check_pipeline(pipeline)
     key = get_owned(db, user, data.ssh_key)
     target_key = get_owned(db, user, data.target_ssh_key) if data.target_ssh_key else key
@@ -250,8 +260,9 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
 
     # Last: the single-use tokens, then the run.
     tokens: list[str] = []
+    run_id = run_id or new_run_id()
     for side, (plan, _path) in plans.items():
-        ref = plan.ref(vault, settings.pipelines_wrap_ttl)
+        ref = plan.ref(vault, settings, on_behalf or f"pipeline:{run_id}")
         tokens.append(ref["wrap_token"])
         (source if side == "source" else target)["site"] = ref
     conf = {
@@ -262,7 +273,7 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
         "summary": {"source": data.source, "target": data.target},
     }
     try:
-        run = airflow(settings).trigger(pipeline, conf, run_id=run_id or new_run_id(), note=f"by {user.username}")
+        run = airflow(settings).trigger(pipeline, conf, run_id=run_id, note=f"by {user.username}")
     except Exception:
         for token in tokens:
             burn(vault.addr, token)

@@ -37,6 +37,7 @@ def register(db: Session, actor: User, data: SiteCreate) -> Site:
         work_dir=data.work_dir,
         host_key=key.line,
         host_key_fingerprint=key.fingerprint,
+        ssh_certificates=data.ssh_certificates,
         created_by=actor.id,
     )
     db.add(site)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from deployer.credentials import CredentialResolver, VaultCredentialProvider
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.persistence import repositories as repo
 from gateway.persistence.models import Role, Site, SSHKey, User, new_id, utcnow
@@ -20,7 +21,7 @@ from gateway.schemas.ssh_keys import SSHKeyCheckResult, SSHKeyCreate, SSHKeyImpo
 from gateway.services import sites as site_service
 from hpcwaas.errors import VaultError
 from hpcwaas.slurm import Slurm
-from hpcwaas.ssh import KeyPair, SSHSession, connect, generate_keypair, import_private_key
+from hpcwaas.ssh import KeyPair, SSHCredential, SSHSession, connect, generate_keypair, import_private_key
 from hpcwaas.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,19 @@ def site_account(key_login: str | None, requested: str | None) -> str:
     return key_login
 
 
+def resolver_for(vault: Vault, acting_user: str, site: Site, label: str,
+                 ttl: int = 300) -> CredentialResolver:
+    """The one resolver every use of a key goes through, for ``acting_user``: their own stored keys,
+    or, on a site that trusts the gateway's CA, a new key with a certificate valid ``ttl`` seconds
+    whose key id (logged by the site's sshd) is ``label``."""
+    issuer = None
+    if site.ssh_certificates:
+        def issuer(login: str) -> SSHCredential:
+            return vault.issue_ssh_credential(login, label, ttl)
+
+    return CredentialResolver(VaultCredentialProvider(vault), acting_user, issuer)
+
+
 @contextmanager
 def site_session(
     db: Session, vault: Vault, user: User, site_name: str, key_id: str, login: str | None, timeout: float
@@ -141,9 +155,9 @@ def site_session(
     key = get_owned(db, user, key_id)
     chosen = resolve_login(key, login)
     site = site_service.get(db, site_name)
-    private_key = vault.get_ssh_key(user.id, key.id)
-    with connect(site_service.endpoint(site), chosen, private_key, timeout=timeout) as session:
-        del private_key
+    credential = resolver_for(vault, user.id, site, f"user:{user.id}").credential(f"{user.id}/{key.id}", chosen)
+    with connect(site_service.endpoint(site), chosen, credential, timeout=timeout) as session:
+        del credential
         key.last_used_at = utcnow()
         db.commit()
         yield site, chosen, session

@@ -47,6 +47,8 @@ def add(
     work_dir: str = typer.Option("/home/{login}/hpcwaas", help="Work folder; {login} is the site user."),
     fingerprint: str = typer.Option(None, help="Expected host key fingerprint (SHA256:...); else asks."),
     description: str = typer.Option(None),
+    certificates: bool = typer.Option(False, "--certificates", help="Runs log in with per-run certificates "
+                                      "from the gateway's SSH CA (the site's sshd trusts it)."),
 ) -> None:
     """Register a site: fetch its host key, confirm the fingerprint, pin it."""
     with errors(), client() as api:
@@ -65,7 +67,7 @@ def add(
                 err_console.print("not registered: confirm the fingerprint with --fingerprint SHA256:...")
                 raise typer.Exit(1)
         site = api.register_site(name=name, login_host=host, port=port, partitions=partition, work_dir=work_dir,
-                                 host_key=key["key"], description=description)
+                                 host_key=key["key"], description=description, ssh_certificates=certificates)
     emit(site, fields)
 
 

@@ -33,11 +33,19 @@ from hpcwaas.stack.process import (
 )
 
 MOUNT = "hpcwaas"
+SSH_MOUNT = "hpcwaas-ssh"  # the SSH CA signing per-run certificates (settings.vault_ssh_mount)
+SSH_ROLE = "runs"
 POLICY = "hpcwaas-gateway"
-# Only the gateway's own mount, response wrapping, and managing its own token.
+# Only the gateway's own mount, signing with the run role, response wrapping, and its own token.
 POLICY_HCL = f"""\
 path "{MOUNT}/*" {{
   capabilities = ["create", "read", "update", "delete", "list"]
+}}
+path "{SSH_MOUNT}/sign/{SSH_ROLE}" {{
+  capabilities = ["update"]
+}}
+path "{SSH_MOUNT}/config/ca" {{
+  capabilities = ["read"]
 }}
 path "sys/wrapping/wrap" {{
   capabilities = ["update"]
@@ -231,6 +239,25 @@ ui           = false
         current = root.sys.read_policy(POLICY) if POLICY in root.sys.list_policies()["data"]["policies"] else None
         if current is None or current["data"]["rules"] != POLICY_HCL:
             root.sys.create_or_update_policy(POLICY, POLICY_HCL)
+        self._configure_ssh_ca(root, mounts)
+
+    def _configure_ssh_ca(self, root: hvac.Client, mounts: dict[str, Any]) -> None:
+        """The SSH CA (ed25519) and the role the gateway signs per-run user certificates with; its
+        public key goes to the local site's sshd (TrustedUserCAKeys)."""
+        if f"{SSH_MOUNT}/" not in mounts:
+            root.sys.enable_secrets_engine("ssh", path=SSH_MOUNT, description="hpcwaas per-run SSH certificates")
+        try:
+            public = root.adapter.get(f"/v1/{SSH_MOUNT}/config/ca")["data"]["public_key"]
+        except hvac.exceptions.InvalidRequest:
+            public = root.adapter.post(f"/v1/{SSH_MOUNT}/config/ca",
+                                       json={"generate_signing_key": True, "key_type": "ed25519"}
+                                       )["data"]["public_key"]
+        # Principals are set per certificate (the user's site login); the key id names the run.
+        root.adapter.post(f"/v1/{SSH_MOUNT}/roles/{SSH_ROLE}", json={
+            "key_type": "ca", "allow_user_certificates": True, "allowed_users": "*", "allow_user_key_ids": True,
+            "default_extensions": {"permit-pty": ""}, "ttl": "1h", "max_ttl": "168h"})
+        write_file(self.dir / "ssh_ca.pub", public.strip() + "\n", 0o644)
+        trusted_user_ca_keys(self.stack_dir)
 
     def _gateway_token_valid(self) -> bool:
         """A kept gateway token is reused when alive and bound to the policy; renewed on the way."""
@@ -270,6 +297,15 @@ ui           = false
             info.vault_dev = vault
         else:
             info.vault_raft = vault
+
+
+def trusted_user_ca_keys(stack_dir: Path) -> Path:
+    """The local site's ``TrustedUserCAKeys`` file: the CA of every OpenBao of the stack (sshd reads
+    it at each login, so a new CA counts at once)."""
+    keys = [p.read_text().strip() for p in sorted(stack_dir.glob("openbao-*/ssh_ca.pub"))]
+    path = stack_dir / "ssh_trusted_user_ca_keys"
+    write_file(path, "".join(k + "\n" for k in keys if k), 0o644)
+    return path
 
 
 @register

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hpcwaas.stack.base import Service, register
 from hpcwaas.stack.info import SiteInfo, SiteUser, StackInfo
+from hpcwaas.stack.openbao import trusted_user_ca_keys
 from hpcwaas.stack.process import Daemon, StackError, ensure_dir, run, wait_until, write_file
 from hpcwaas.stack.site_users import SITE_USERS, check_accounts
 from hpcwaas.stack.slurm import PARTITIONS, Slurm
@@ -46,11 +47,11 @@ class Sshd(Service):
             )
         ]
 
-    def render_config(self) -> None:
+    def render_config(self) -> bool:
+        """Write the config; True when it changed."""
         slurm_conf = Slurm(self.stack_dir).slurm_conf
-        write_file(
-            self.config_file,
-            f"""\
+        before = self.config_file.read_text() if self.config_file.exists() else None
+        text = f"""\
 # Written by hpcwaas.stack; edits are overwritten on `up`.
 ListenAddress {HOST}:{PORT}
 HostKey {self.host_key}
@@ -62,6 +63,9 @@ PermitRootLogin no
 UsePAM no
 AllowUsers {" ".join(SITE_USERS)}
 AuthorizedKeysFile .ssh/authorized_keys
+# Per-run certificates from the stack's OpenBao SSH CAs (principal = the site user); the key id,
+# logged at each login, names the gateway's execution or deployment.
+TrustedUserCAKeys {trusted_user_ca_keys(self.stack_dir)}
 X11Forwarding no
 AllowTcpForwarding no
 PrintMotd no
@@ -69,16 +73,19 @@ LogLevel INFO
 Subsystem sftp internal-sftp
 # Every session finds the stack's Slurm (and its private munge socket) through this.
 SetEnv SLURM_CONF={slurm_conf}
-""",
-            0o644,
-        )
+"""
+        write_file(self.config_file, text, 0o644)
+        return text != before
 
     def up(self) -> bool:
         ensure_dir(self.dir, 0o755)
         check_accounts()
         sshd = self.daemons()[0]
-        if sshd.pid() is not None and sshd.answers():
+        running = sshd.pid() is not None and sshd.answers()
+        if running and not (self.host_key.exists() and self.render_config()):
             return True
+        if running:
+            sshd.stop()  # its config changed (a newer checkout): start it again with the new one
         if not self.host_key.exists():
             # Generated once and kept: sites pin it, so it must survive restarts.
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hpcwaas-stack-site",

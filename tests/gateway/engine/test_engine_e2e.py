@@ -131,3 +131,40 @@ def test_undeploy(deployed: dict[str, Any]) -> None:
     final = wait_for(lambda: dave.get(location).json(), lambda d: d["state"] in ("undeployed", "failed"),
                      what="the undeploy")
     assert final["state"] == "undeployed", final
+
+
+def test_a_certificate_site_logs_in_with_per_run_certificates(engine_people: dict[str, Person], settings: Settings,
+                                                              site: SiteInfo, stack: StackInfo) -> None:
+    """On a site whose sshd trusts the gateway's CA, the deployment and the execution each log in
+    with a new key and a short-lived certificate naming them (the site's sshd log shows the key id);
+    the users' stored keys are not even authorised there."""
+    dave, alice = engine_people["dave"], engine_people["alice"]
+    registered_site(engine_people["admin"], site, name="certs", certificates=True)
+    name = f"certacc-{uuid.uuid4().hex[:6]}"
+    folder = settings.registry_roots[0] / name
+    shutil.copytree(FIXTURE, folder)
+    assert dave.post("/workflows", json={"name": name, "source": {"kind": "folder", "path": str(folder)}}
+                     ).status_code == 201
+    dave_key = dave.post("/ssh_keys", json={"login": "sciuser2"}).json()
+    alice_key = alice.post("/ssh_keys", json={"login": "sciuser1"}).json()
+    sshd_log = stack.stack_dir / "sshd" / "sshd.log"
+    resp = dave.post("/deployments", json={"workflow": name, "site": "certs", "ssh_key": dave_key["id"]})
+    assert resp.status_code == 202, resp.text
+    deployment = wait_for(lambda: dave.get(resp.headers["Location"]).json(),
+                          lambda d: d["state"] in ("deployed", "failed"), what="the deployment")
+    assert deployment["state"] == "deployed", deployment["error"]
+    run = alice.post(f"/workflows/{name}/executions", json={"inputs": {"message": "certified"},
+                                                           "ssh_key": alice_key["id"], "site": "certs"})
+    assert run.status_code == 202, run.text
+    execution = wait_for(lambda: alice.get(run.headers["Location"]).json(),
+                         lambda e: e["state"] in ("completed", "failed", "cancelled"), what="the execution")
+    assert execution["state"] == "completed", execution["error"]
+    assert "tool run by sciuser1" in execution["outputs"]["job_output"]
+    log = sshd_log.read_text(errors="replace")
+    assert "Accepted publickey for sciuser2 from 127.0.0.1" in log
+    assert any("for sciuser2" in line and "ED25519-CERT" in line for line in log.splitlines()
+               if f"ID deployment:{deployment['id']} " in line)
+    assert any("for sciuser1" in line and "ED25519-CERT" in line for line in log.splitlines()
+               if f"ID execution:{execution['id']} " in line)
+    for key in (dave_key, alice_key):  # the stored keys were never used (nor authorised)
+        assert key["fingerprint"] not in log

@@ -1,4 +1,4 @@
-"""adhoc_jobs: who submitted each ad-hoc batch job (only they see or cancel it)
+"""security: who submitted each ad-hoc batch job (adhoc_jobs); sites.ssh_certificates
 
 Revision ID: 0008
 Revises: 0007
@@ -17,6 +17,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("sites", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("ssh_certificates", sa.Boolean(), server_default=sa.false(), nullable=False))
     op.create_table(
         "adhoc_jobs",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -41,3 +43,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_adhoc_jobs_site_id_job_id"))
         batch_op.drop_index(batch_op.f("ix_adhoc_jobs_owner_id"))
     op.drop_table("adhoc_jobs")
+    with op.batch_alter_table("sites", schema=None) as batch_op:
+        batch_op.drop_column("ssh_certificates")
