@@ -31,6 +31,7 @@ from typing import Any
 from deployer import sandbox as sandboxes
 from deployer.errors import OperationError
 from deployer.executors import HostSpec, OperationRequest, OperationResult, RunHooks
+from hpcwaas.errors import HpcwaasError
 from hpcwaas.ssh import SSHCredential
 from tosca import TOSCA_DIR
 
@@ -164,7 +165,10 @@ class AnsibleExecutor:
         if request.credentials is None:
             raise _fail(request, "no credential provider is configured for SSH hosts")
         assert host.username is not None
-        key = request.credentials.credential(host.credential, host.username)  # owner checked first
+        try:
+            key = request.credentials.credential(host.credential, host.username)  # owner checked first
+        except HpcwaasError as exc:
+            raise _fail(request, exc.message, hint=exc.hint) from exc
         ssh_args = " ".join([
             *([f"-o CertificateFile={run_dir / 'key-cert.pub'}"] if key.certificate else []),
             f"-o UserKnownHostsFile={run_dir / 'known_hosts'}",
