@@ -17,9 +17,10 @@ from gateway.main import create_app
 from hpcwaas.settings import Settings
 from hpcwaas.slurm import JobState, Slurm
 from hpcwaas.ssh import SiteEndpoint, connect, generate_keypair
-from hpcwaas.stack.info import SiteInfo, StackInfo
+from hpcwaas.stack.info import SiteInfo, StackInfo, VaultInfo
 from hpcwaas.stack.site_users import authorize_key, revoke_key
 from tests.fixtures.gateway import Person, fresh_database, kind_of, registered_site, seed_people
+from tests.fixtures.sandbox_probe import UNTRUSTED, check_saw_nothing
 
 pytestmark = [pytest.mark.site, pytest.mark.slow]
 FIXTURE = Path(__file__).parent / "fixtures" / "two-accounts"
@@ -168,3 +169,30 @@ def test_a_certificate_site_logs_in_with_per_run_certificates(engine_people: dic
                if f"ID execution:{execution['id']} " in line)
     for key in (dave_key, alice_key):  # the stored keys were never used (nor authorised)
         assert key["fingerprint"] not in log
+
+
+def test_a_developers_playbooks_never_run_as_the_gateway(engine_people: dict[str, Person], settings: Settings,
+                                                         site: SiteInfo, vault_info: VaultInfo) -> None:
+    """Registered and deployed through the gateway, a template that runs code on the gateway host
+    in every way Ansible allows (a Localhost node, lookups, delegate_to, a shipped filter plugin)
+    runs in the sandbox: none of the gateway's files, tokens, database or registry reached."""
+    dave = engine_people["dave"]
+    registered_site(engine_people["admin"], site)
+    name = f"hostile-{uuid.uuid4().hex[:6]}"
+    folder = settings.registry_roots[0] / name
+    shutil.copytree(UNTRUSTED, folder)
+    assert dave.post("/workflows", json={"name": name, "source": {"kind": "folder", "path": str(folder)}}
+                     ).status_code == 201
+    key = dave.post("/ssh_keys", json={"login": "sciuser2"}).json()
+    home = Path(settings.home)
+    targets = [str(vault_info.gateway_token_file), str(vault_info.root_token_file), str(home / "hpcwaas.db"),
+               str(next(home.glob("registry/*/*/service.yaml"), home / "registry")), "/etc/shadow",
+               str(Path(__file__))]
+    resp = dave.post("/deployments", json={"workflow": name, "site": "local", "ssh_key": key["id"],
+                                           "inputs": {"targets": targets}})
+    assert resp.status_code == 202, resp.text
+    deployment = wait_for(lambda: dave.get(resp.headers["Location"]).json(),
+                          lambda d: d["state"] in ("deployed", "failed"), what="the deployment")
+    assert deployment["state"] == "deployed", deployment["error"]
+    secrets = [vault_info.gateway_token(), vault_info.root_token()]
+    check_saw_nothing(deployment["outputs"], targets, secrets)
