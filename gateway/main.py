@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -45,6 +47,20 @@ def freeze_startup_heap() -> None:
     those objects again. bench/invoke.py, closed loop: 165-224 -> 263 accepts a second."""
     gc.collect()
     gc.freeze()
+
+
+def private_files(settings: Settings) -> None:
+    """Make what a gateway or worker process writes readable by its own user only (database,
+    logs, registry, image store): call once at the start of a serving process."""
+    os.umask(0o077)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.chmod(0o700)
+    database = settings.effective_database_url
+    if database.startswith("sqlite:///"):
+        path = Path(database.removeprefix("sqlite:///"))
+        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if name.exists():
+                name.chmod(0o600)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

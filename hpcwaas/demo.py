@@ -89,6 +89,7 @@ def start_gateway(stack: StackInfo) -> None:
     """Start ``waas admin serve`` in the background (reused when it already answers)."""
     run_dir = stack.stack_dir / "demo-gateway"
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(0o700)  # its database and log are the gateway's alone
     pid_file, log_file = run_dir / "gateway.pid", run_dir / "gateway.log"
     pid = read_pid(pid_file)
     code, code_file = _code_fingerprint(), run_dir / "gateway.code"
@@ -101,7 +102,7 @@ def start_gateway(stack: StackInfo) -> None:
         wait_until(lambda: not port_open("127.0.0.1", PORT), 30, "the old gateway to stop")
     if port_open("127.0.0.1", PORT):
         raise SystemExit(f"port {PORT} is taken by another program; stop it and run make demo again")
-    with open(log_file, "ab") as log:
+    with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hpcwaas.cli", "admin", "serve"],
             env=gateway_env(stack), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

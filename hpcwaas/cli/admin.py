@@ -20,9 +20,10 @@ def serve(
     import uvicorn
 
     from gateway.core.db import upgrade
-    from gateway.main import create_app, freeze_startup_heap
+    from gateway.main import create_app, freeze_startup_heap, private_files
 
     settings = get_settings()
+    private_files(settings)
     with errors():
         if migrate:
             upgrade(settings.effective_database_url)
@@ -87,10 +88,12 @@ def worker(threads: int = typer.Option(None, help="Records advanced at once (HPC
     from gateway.core.db import make_engine, make_session_factory, upgrade
     from gateway.engine.executors import register_all
     from gateway.engine.worker import EngineWorker
+    from gateway.main import private_files
     from gateway.services import images as image_service
     from hpcwaas.vault import Vault
 
     settings = get_settings()
+    private_files(settings)
     with errors():
         upgrade(settings.effective_database_url)
     engine = make_engine(settings.effective_database_url)
