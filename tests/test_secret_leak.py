@@ -25,20 +25,24 @@ SKIP_DIRS = {"venv", ".venv", "site-packages", "sid", "sidroot", "node_modules"}
 
 
 def _stored_private_keys(info: VaultInfo) -> list[str]:
-    client = hvac.Client(url=info.addr, token=info.root_token())
+    with info.operator_token() as token:
+        return _read_private_keys(hvac.Client(url=info.addr, token=token), info.mount)
+
+
+def _read_private_keys(client: hvac.Client, mount: str) -> list[str]:
     kv = client.secrets.kv.v2
     keys: list[str] = []
     try:
-        users = kv.list_secrets(path="users", mount_point=info.mount)["data"]["keys"]
+        users = kv.list_secrets(path="users", mount_point=mount)["data"]["keys"]
     except hvac.exceptions.InvalidPath:
         return keys
     for user in users:
         try:
-            ids = kv.list_secrets(path=f"users/{user.rstrip('/')}/ssh", mount_point=info.mount)["data"]["keys"]
+            ids = kv.list_secrets(path=f"users/{user.rstrip('/')}/ssh", mount_point=mount)["data"]["keys"]
         except hvac.exceptions.InvalidPath:
             continue
         for key_id in ids:
-            secret = kv.read_secret_version(path=f"users/{user.rstrip('/')}/ssh/{key_id}", mount_point=info.mount,
+            secret = kv.read_secret_version(path=f"users/{user.rstrip('/')}/ssh/{key_id}", mount_point=mount,
                                             raise_on_deleted_version=True)
             keys.append(secret["data"]["data"]["private_key"])
     return keys

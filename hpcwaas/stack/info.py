@@ -8,6 +8,8 @@ The helper methods read the secrets from those files when asked.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -32,10 +34,29 @@ class VaultInfo(BaseModel):
     root_token_file: Path
     gateway_token_file: Path
     persistent: bool = Field(description="False: in-memory, empty after every restart")
+    init_file: Path | None = Field(default=None, description="the operator's unseal material (root only)")
 
     def root_token(self) -> str:
-        """The root token (tests and operators only; the gateway uses ``gateway_token``)."""
+        """The kept root token of the in-memory server (tests only; the gateway uses ``gateway_token``).
+        The persistent server keeps none: use :meth:`operator_token`."""
         return _read(self.root_token_file)
+
+    @contextmanager
+    def operator_token(self) -> Iterator[str]:
+        """A root token for the operator's work: the kept one, or one generated with the unseal key
+        and revoked when the block ends (the persistent server has no standing root token)."""
+        if self.root_token_file.exists():
+            yield self.root_token()
+            return
+        from hpcwaas.stack.openbao import generate_root, revoke
+
+        if self.init_file is None:
+            raise FileNotFoundError(f"{self.addr} keeps no root token and no unseal material is known")
+        token = generate_root(self.addr, self.init_file)
+        try:
+            yield token
+        finally:
+            revoke(self.addr, token)
 
     def gateway_token(self) -> str:
         """The gateway's periodic token, limited to the ``policy``."""

@@ -11,9 +11,12 @@ token into its log; an in-memory server initialised via the API costs the same (
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -177,12 +180,34 @@ ui           = false
             reused = False
         wait_until(lambda: self.health().get("standby") is False and not self.health()["sealed"],
                    60 - (time.monotonic() - started), "OpenBao to become active")
-        root = self.client(self._root_token())
-        self._configure(root)
-        if not self._gateway_token_valid():
-            self._create_gateway_token(root)
-            reused = False
+        with self._operator_token() as token:
+            root = self.client(token)
+            self._configure(root)
+            if not self._gateway_token_valid():
+                self._create_gateway_token(root)
+                reused = False
         return reused
+
+    @contextmanager
+    def _operator_token(self) -> Iterator[str]:
+        """Root for configuring. The in-memory server keeps its root token (tests use it); the
+        persistent one keeps none: the token made at initialisation is revoked after its first
+        use, and later ones are generated with the unseal key and revoked at once."""
+        if self.flavour == "dev" or self.root_token_file.exists():
+            token = self._root_token()
+            yield token
+            if self.flavour == "raft":
+                revoke(self.addr, token)
+                self.root_token_file.unlink(missing_ok=True)
+                init = json.loads(self.init_file.read_text())
+                init.pop("root_token", None)  # what an operator would take away and keep
+                write_secret(self.init_file, json.dumps(init, indent=2))
+            return
+        token = generate_root(self.addr, self.init_file)
+        try:
+            yield token
+        finally:
+            revoke(self.addr, token)
 
     def _root_token(self) -> str:
         if not self.root_token_file.exists():
@@ -291,12 +316,36 @@ ui           = false
             policy=POLICY,
             root_token_file=self.root_token_file,
             gateway_token_file=self.gateway_token_file,
+            init_file=self.init_file,
             persistent=self.flavour == "raft",
         )
         if self.flavour == "dev":
             info.vault_dev = vault
         else:
             info.vault_raft = vault
+
+
+def generate_root(addr: str, init_file: Path) -> str:
+    """A new root token from the unseal key (Vault's generate-root with a one-time pad)."""
+    client = hvac.Client(url=addr, timeout=10)
+    client.sys.cancel_root_generation()  # an abandoned attempt would block this one
+    attempt = client.sys.start_root_token_generation()
+    otp, nonce = attempt["otp"], attempt["nonce"]
+    status: dict[str, Any] = {}
+    for key in json.loads(init_file.read_text())["unseal_keys_b64"]:
+        status = client.sys.generate_root(key=key, nonce=nonce)
+        if status.get("complete"):
+            break
+    encoded = str(status.get("encoded_token") or status.get("encoded_root_token") or "")
+    if not encoded:
+        raise StackError(f"OpenBao at {addr} did not generate a root token", hint=f"check {init_file}")
+    raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+    return bytes(a ^ b for a, b in zip(raw, otp.encode(), strict=False)).decode()
+
+
+def revoke(addr: str, token: str) -> None:
+    """Revoke a token (its own call: a root token ends itself)."""
+    hvac.Client(url=addr, token=token, timeout=10).auth.token.revoke_self()
 
 
 def trusted_user_ca_keys(stack_dir: Path) -> Path:

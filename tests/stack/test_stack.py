@@ -93,11 +93,29 @@ def _vaults(stack: StackInfo) -> list[VaultInfo]:
 @pytest.mark.vault
 def test_openbao_is_initialised_unsealed_and_has_the_mount(stack: StackInfo, vault_info: VaultInfo) -> None:
     for info in _vaults(stack):
-        root = hvac.Client(url=info.addr, token=info.root_token())
-        health = root.sys.read_health_status(method="GET")
-        assert health["initialized"] and not health["sealed"]
-        mount = root.sys.list_mounted_secrets_engines()["data"][f"{info.mount}/"]
-        assert mount["type"] == "kv" and mount["options"]["version"] == "2"
+        with info.operator_token() as token:
+            root = hvac.Client(url=info.addr, token=token)
+            health = root.sys.read_health_status(method="GET")
+            assert health["initialized"] and not health["sealed"]
+            mount = root.sys.list_mounted_secrets_engines()["data"][f"{info.mount}/"]
+            assert mount["type"] == "kv" and mount["options"]["version"] == "2"
+            assert root.sys.list_mounted_secrets_engines()["data"]["hpcwaas-ssh/"]["type"] == "ssh"
+
+
+@pytest.mark.vault
+def test_the_persistent_openbao_keeps_no_root_token(stack: StackInfo) -> None:
+    """After `up --demo` no root token of the persistent OpenBao is kept on the host: the operator
+    holds the unseal key (root-only), and a root token made from it is revoked after use."""
+    info = next((i for i in _vaults(stack) if i.flavour == "raft"), None)
+    if info is None:
+        pytest.skip("the persistent OpenBao is started by `up --demo`")
+    assert not info.root_token_file.exists()
+    assert info.init_file is not None and "root_token" not in info.init_file.read_text()
+    assert info.init_file.stat().st_mode & 0o077 == 0
+    with info.operator_token() as token:
+        assert hvac.Client(url=info.addr, token=token).auth.token.lookup_self()["data"]["policies"] == ["root"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=info.addr, token=token).auth.token.lookup_self()
 
 
 @pytest.mark.vault
