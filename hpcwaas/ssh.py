@@ -277,10 +277,12 @@ class CommandResult:
 class SSHSession:
     """An open, host-key-verified SSH connection to a site as one login."""
 
-    def __init__(self, client: paramiko.SSHClient, endpoint: SiteEndpoint, username: str) -> None:
+    def __init__(self, client: paramiko.SSHClient, endpoint: SiteEndpoint, username: str,
+                 umask: int | None = None) -> None:
         self._client = client
         self.endpoint = endpoint
         self.username = username
+        self.umask = umask
 
     def run(
         self,
@@ -302,9 +304,9 @@ class SSHSession:
             raise SSHError("the SSH connection is closed", host=self.endpoint.label)
         chan = transport.open_session(timeout=30)
         try:
-            # What the gateway makes on a site (folders, job output: sbatch hands its umask on to
-            # the job) is private to the account it works as.
-            chan.exec_command(f"umask 077; {command}")
+            # A private session: what it makes on the site (folders; job output, as sbatch hands
+            # its umask on to the job) is the account's alone.
+            chan.exec_command(command if self.umask is None else f"umask {self.umask:03o}; {command}")
             if input is not None:
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()
@@ -354,10 +356,12 @@ def connect(
     private_key: str | SSHCredential,
     *,
     timeout: float = 10.0,
+    umask: int | None = None,
 ) -> Iterator[SSHSession]:
     """Open an SSH session that verifies the pinned host key; close it on exit.
 
-    ``private_key`` is a key, or an :class:`SSHCredential` whose certificate is presented with it."""
+    ``private_key`` is a key, or an :class:`SSHCredential` whose certificate is presented with it.
+    ``umask`` (e.g. ``0o077``) applies to every command the session runs."""
     credential = private_key if isinstance(private_key, SSHCredential) else SSHCredential(private_key)
     pkey = load_pkey(credential.private_key)
     if credential.certificate:
@@ -415,7 +419,7 @@ def connect(
             hint="check that the site's login host is up and reachable",
             host=endpoint.label,
         ) from exc
-    session = SSHSession(client, endpoint, username)
+    session = SSHSession(client, endpoint, username, umask)
     try:
         yield session
     finally:

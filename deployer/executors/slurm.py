@@ -88,7 +88,8 @@ class SlurmJobExecutor:
             )
         try:
             key = request.credentials.credential(host.credential, host.username)  # owner checked first
-            with connect(host.endpoint, host.username, key) as session:
+            # The job's folder and output are private to the account (sbatch hands on its umask).
+            with connect(host.endpoint, host.username, key, umask=0o077) as session:
                 yield Slurm(session)
         except HpcwaasError as exc:
             if isinstance(exc, OperationError):

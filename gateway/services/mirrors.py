@@ -142,4 +142,4 @@ def _start(db: Session, vault: Vault, settings: Settings, mirror: Mirror, run_id
                              source=source_url(target, mirror.source_path),
                              target=f"sftp://{site.name}/{mirror.site_path}", overwrite=True,
                              label=f"mirror {mirror.name}")
-    pipelines.start_run(db, vault, settings, owner, "sync", data, run_id=run_id)
+    pipelines.start_run(db, vault, settings, owner, "sync", data, run_id=run_id, source_owner=target.owner_id)

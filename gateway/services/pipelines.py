@@ -152,18 +152,18 @@ def own_file(settings: Settings, user_id: str, url: str, field: str) -> dict[str
     return {"area": area, "path": _relative(_file_path(url, field), base, field, "your own storage folder")}
 
 
-def dataset_file(settings: Settings, owner_id: str, path: str, dataset_id: str) -> dict[str, Any]:
-    """A catalogue dataset's ``file:`` location, confined to its owner's folder (or the shared part
-    of the storage outside ``users/``): a dataset cannot point a reader at someone else's files."""
+def owned_file(settings: Settings, owner_id: str, path: str, what: str) -> dict[str, Any]:
+    """A file location that belongs to ``owner_id`` (a catalogue dataset's, a storage target's),
+    confined to their own folder or to the shared part of the storage outside ``users/``: no
+    dataset or storage target points its readers at someone else's files."""
     root = str(settings.pipelines_storage_root)
     relative = _relative(path, root, "source", f"the pipelines' storage ({root})")
     parts = relative.split("/")
     if parts[0] != USERS_AREA:
         return {"area": None, "path": relative}
     if len(parts) < 3 or parts[1] != owner_id:
-        raise DatasetUnresolved(f"dataset {dataset_id!r} points into another user's storage folder",
-                                hint="a dataset's file location must lie in its owner's own folder",
-                                dataset_id=dataset_id)
+        raise InvalidTransfer(f"{what} points into another user's storage folder", field="source",
+                              hint="a file location must lie in its owner's own folder of the storage")
     return {"area": user_area(owner_id), "path": "/".join(parts[2:])}
 
 
@@ -204,23 +204,26 @@ def resolve_dataset(db: Session, user_id: str, username: str, admin: bool,
 
 def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipeline: str,
               data: PipelineRunCreate, run_id: str | None = None, internal_source: bool = False,
-              on_behalf: str | None = None) -> PipelineRunOut:
+              on_behalf: str | None = None, source_owner: str | None = None) -> PipelineRunOut:
     """Check everything, then wrap the keys and trigger the DAG run.
 
     ``run_id`` makes the trigger idempotent for callers that may retry (the engine derives it
     from the operation's tag); a new id is made otherwise. ``internal_source`` (never from a
     request) exempts a URL the gateway made itself (an image ticket) from the public-address rule.
-    ``on_behalf`` (an execution or deployment) names certificates issued for the run."""
+    ``on_behalf`` (an execution or deployment) names certificates issued for the run.
+    ``source_owner``: a ``file:`` source that is not the caller's own path but a location owned by
+    that user (a storage target a mirror copies; its ownership was checked when it was made)."""
     _check_pipeline(pipeline)
     key = get_owned(db, user, data.ssh_key)
     target_key = get_owned(db, user, data.target_ssh_key) if data.target_ssh_key else key
-    dataset_id = owner_id = None
+    dataset_id, owner_id = None, source_owner
+    what = "the storage target"
     source_url, sha256 = data.source, data.sha256
     if source_url.startswith("dataset:"):
         dataset_id = source_url.removeprefix("dataset:")
         source_url, declared, owner_id = resolve_dataset(db, user.id, user.username, user.role == Role.ADMIN,
                                                          dataset_id)
-        sha256 = sha256 or declared
+        sha256, what = sha256 or declared, f"dataset {dataset_id!r}"
     sources, targets = dl.SHAPES[pipeline]
 
     plans: dict[str, tuple[_SitePlan, str]] = {}
@@ -229,8 +232,8 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
         if not internal_source:
             policy_for(settings).check(source_url)
         source = {"kind": "http", "url": source_url, "internal": internal_source}
-    elif source_url.startswith("file:") and dataset_id is not None and owner_id is not None:
-        source = {"kind": "local", **dataset_file(settings, owner_id, _file_path(source_url, "source"), dataset_id)}
+    elif source_url.startswith("file:") and owner_id is not None:
+        source = {"kind": "local", **owned_file(settings, owner_id, _file_path(source_url, "source"), what)}
     elif source_url.startswith("file:"):
         source = {"kind": "local", **own_file(settings, user.id, source_url, "source")}
     elif source_url.startswith("sftp://"):

@@ -156,7 +156,7 @@ def site_session(
     chosen = resolve_login(key, login)
     site = site_service.get(db, site_name)
     credential = resolver_for(vault, user.id, site, f"user:{user.id}").credential(f"{user.id}/{key.id}", chosen)
-    with connect(site_service.endpoint(site), chosen, credential, timeout=timeout) as session:
+    with connect(site_service.endpoint(site), chosen, credential, timeout=timeout, umask=0o077) as session:
         del credential
         key.last_used_at = utcnow()
         db.commit()

@@ -134,6 +134,8 @@ listener "tcp" {{
   address         = "127.0.0.1:{self.port}"
   cluster_address = "127.0.0.1:{self.port + 1}"
   tls_disable     = true
+  # No standing root token is kept: the operator makes one from the unseal key when needed.
+  disable_unauthed_generate_root_endpoints = false
 }}
 api_addr     = "{self.addr}"
 cluster_addr = "https://127.0.0.1:{self.port + 1}"

@@ -152,7 +152,8 @@ def test_storage_target_location_resolves_under_its_base(people: dict[str, Perso
     d = _dataset(alice, unique, "public", location=None, storage_target=name, path="runs/2024/out.nc")
     resolved = bob.get(f"/catalogue/datasets/{d['id']}/resolve").json()
     assert resolved == {
-        "dataset_id": d["id"], "protocol": "sftp", "site": "local", "path": "/gpfs/projects/ocean/runs/2024/out.nc",
+        "dataset_id": d["id"], "owner_id": alice.id, "protocol": "sftp", "site": "local",
+        "path": "/gpfs/projects/ocean/runs/2024/out.nc",
         "url": "sftp://local/gpfs/projects/ocean/runs/2024/out.nc", "storage_target": name,
         "checksum_sha256": SHA, "size_bytes": 1024, "format": "netcdf", "revision": 1,
     }

@@ -17,6 +17,7 @@ from data_logistics import pipelines, transfer
 from data_logistics.credentials import burn
 from data_logistics.errors import CredentialUnavailable, DatasetUnresolved, InvalidTransfer, PathOutsideWorkDir
 from data_logistics.sync import run_scheduled
+from data_logistics.urls import UrlPolicy
 from hpcwaas.settings import Settings
 from hpcwaas.ssh import SSHSession
 from hpcwaas.stack.info import SiteInfo, VaultInfo
@@ -54,7 +55,11 @@ def test_stage_in_from_local_storage_http_and_site(tmp_path: Path, site: SiteInf
     digest = make_file(root / "remote.bin", 2 * MiB, seed=11)
     conf = {"requested_by": "u1", "source": {"kind": "http", "url": f"{base}/remote.bin", "sha256": digest},
             "target": {"kind": "site", "site": _ref(site, vault, site_key, "sciuser1", work_dir), "path": "web.bin"}}
-    assert pipelines.execute("stage_in", conf, storage_root=storage)["sha256"] == digest
+    with pytest.raises(InvalidTransfer, match="internal address"):  # the test's server is on loopback
+        pipelines.execute("stage_in", conf, storage_root=storage)
+    conf["target"]["site"] = _ref(site, vault, site_key, "sciuser1", work_dir)  # the token was spent
+    allowed = UrlPolicy(["127.0.0.1/32"])  # as an operator may allow an internal host
+    assert pipelines.execute("stage_in", conf, storage_root=storage, url_policy=allowed)["sha256"] == digest
 
     conf = {"requested_by": "u1",
             "source": {"kind": "site", "site": _ref(site, vault, site_key, "sciuser1", work_dir), "path": "web.bin"},
@@ -81,7 +86,8 @@ def test_image_transfer_from_the_image_store(tmp_path: Path, site: SiteInfo, vau
                                              session: SSHSession, work_dir: str, http_root: tuple[Path, str]) -> None:
     root, base = http_root
     digest = make_file(root / "images" / "app.sif", 5 * MiB, seed=12)
-    conf = {"requested_by": "u1", "source": {"kind": "http", "url": f"{base}/images/app.sif", "sha256": digest},
+    conf = {"requested_by": "u1", "source": {"kind": "http", "url": f"{base}/images/app.sif", "sha256": digest,
+                                             "internal": True},  # the gateway's own ticket URL
             "target": {"kind": "site", "site": _ref(site, vault, site_key, "sciuser1", work_dir),
                        "path": "images/app.sif"}}
     result = pipelines.execute("image_transfer", conf, storage_root=tmp_path)

@@ -70,9 +70,10 @@ def test_list_run_status_runs_and_logs(waas, people: dict[str, Person], alice_ke
                                        unique: str) -> None:
     token = people["alice"].token
     assert stack.airflow is not None
-    (stack.airflow.storage_root / "tests").mkdir(parents=True, exist_ok=True)
+    own = stack.airflow.storage_root / "users" / people["alice"].id  # her file: paths live there
+    (own / "tests").mkdir(parents=True, exist_ok=True)
     data = os.urandom(2 * 1024 * 1024 + 17)
-    (stack.airflow.storage_root / "tests" / f"{unique}.bin").write_bytes(data)
+    (own / "tests" / f"{unique}.bin").write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
 
     listed = waas("--json", "pipelines", "list", token=token)
@@ -130,7 +131,7 @@ def test_run_without_waiting_then_cancel(waas, people: dict[str, Person], alice_
 
     token = people["alice"].token
     started = waas("--json", "pipelines", "run", "image_transfer", "-k", alice_key,
-                   "-s", "http://127.0.0.1:9/never.sif", "-t", f"sftp://local/{unique}.sif", "--no-wait", token=token)
+                   "-s", "http://192.0.2.1/never.sif", "-t", f"sftp://local/{unique}.sif", "--no-wait", token=token)
     assert started.exit_code == 0, started.output
     run = json.loads(started.output[started.output.index("{"):])
     assert run["state"] in ("queued", "running")
