@@ -332,7 +332,8 @@ def show_certificate_logins(stack: StackInfo, execution_id: str) -> None:
     if not lines:
         raise SystemExit(f"no login of execution {execution_id} with its certificate in {log}")
     console.print(f"   the site's sshd logged {len(lines)} login(s) with the execution's certificate, e.g.:")
-    console.print(f"   [dim]{lines[-1].split('Accepted ', 1)[-1]}[/dim]")
+    line = lines[-1]
+    console.print(f"   [dim]{line[line.find('Accepted'):]}[/dim]")
 
 
 if __name__ == "__main__":
