@@ -13,7 +13,8 @@ from hpcwaas.cli._common import client, console, emit, err_console, errors, fiel
 sites = typer.Typer(help="HPC sites.", no_args_is_help=True)
 keys = typer.Typer(help="Your SSH keys (private halves stay in Vault).", no_args_is_help=True)
 jobs = typer.Typer(help="Ad-hoc batch jobs on a site, with your key.", no_args_is_help=True)
-SITE_COLS = ["name", "login_host", "port", "scheduler", "partitions", "work_dir", "host_key_fingerprint"]
+SITE_COLS = ["name", "login_host", "port", "scheduler", "partitions", "work_dir", "host_key_fingerprint",
+             "ssh_certificates"]
 KEY_COLS = ["id", "name", "key_type", "fingerprint", "login", "origin", "created_at", "last_used_at"]
 
 
@@ -69,6 +70,23 @@ def add(
         site = api.register_site(name=name, login_host=host, port=port, partitions=partition, work_dir=work_dir,
                                  host_key=key["key"], description=description, ssh_certificates=certificates)
     emit(site, fields)
+
+
+@sites.command("set")
+def set_site(
+    name: str,
+    certificates: bool = typer.Option(None, "--certificates/--no-certificates",
+                                      help="Per-run certificates from the gateway's SSH CA, or stored keys."),
+    description: str = typer.Option(None),
+) -> None:
+    """Change a site (admin)."""
+    changes = {k: v for k, v in {"ssh_certificates": certificates, "description": description}.items()
+               if v is not None}
+    if not changes:
+        err_console.print("nothing to change: give --certificates/--no-certificates or --description")
+        raise typer.Exit(2)
+    with errors(), client() as api:
+        emit(api.update_site(name, **changes), fields)
 
 
 @sites.command("rm")

@@ -107,6 +107,11 @@ def test_site_add_checks_the_fingerprint(waas, people: dict[str, Person], site: 
     assert f"cli-{unique}" in [s["name"] for s in json.loads(listed.output)]
     human = waas("sites", "list", token=people["bob"].token)
     assert human.exit_code == 0 and "debug" in human.output
+    assert json.loads(ok.output)["ssh_certificates"] is False
+    switched = waas("--json", "sites", "set", f"cli-{unique}", "--certificates", token=admin)
+    assert switched.exit_code == 0 and json.loads(switched.output)["ssh_certificates"] is True
+    nothing = waas("sites", "set", f"cli-{unique}", token=admin)
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
 
 
 def test_scientist_key_check_and_job(waas, people: dict[str, Person], site: SiteInfo, unique: str,
