@@ -397,7 +397,8 @@ def connect(
         raise AuthenticationFailed(
             f"{endpoint.label} refused the {'certificate' if credential.certificate else 'key'} for login "
             f"{username!r}",
-            hint=("the site's sshd must trust the gateway's SSH CA (TrustedUserCAKeys, see docs/security.md)"
+            hint=(f"the site's sshd must trust the gateway's SSH CA (TrustedUserCAKeys) and accept the principal "
+                  f"{username!r} for this account (see docs/security.md)"
                   if credential.certificate else
                   f"append the public key to ~{username}/.ssh/authorized_keys on the site"),
             host=endpoint.label,
