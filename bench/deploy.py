@@ -7,7 +7,9 @@ Deploys topologies of N trivial nodes on localhost and prints ratios measured in
   state persisted with fsync after every transition);
 * parallel / serial wall time for N independent nodes with W workers (target <= 0.5 for 20/10);
 * the cost of one non-blocking monitoring call over N waiting operations (what a gateway worker
-  pays per wake-up): none due (no poll), and all due (one in-process poll each).
+  pays per wake-up): none due (no poll), and all due (one in-process poll each);
+* sandboxed / unsandboxed wall time of the same serial Ansible deploy (bubblewrap, a pool uid,
+  a private run folder and the bundle's copy: what isolating developer code costs per operation).
 
 Usage: .venv/bin/python bench/deploy.py [--nodes 20] [--workers 10]
 """
@@ -48,7 +50,7 @@ def template(n: int, chained: bool, impl: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def deploy(n: int, chained: bool, workers: int, noop: bool) -> tuple[float, float, int]:
+def deploy(n: int, chained: bool, workers: int, noop: bool, sandbox: bool = True) -> tuple[float, float, int]:
     """Deploy once; return (wall seconds, seconds inside the executor, operations)."""
     impl = "{implementation: {primary: {file: x, type: hpcwaas.artifacts.Implementation.Noop}}}" if noop else "p.yml"
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
@@ -58,7 +60,7 @@ def deploy(n: int, chained: bool, workers: int, noop: bool) -> tuple[float, floa
         with open_package(root / "service.yaml") as package:
             topology, inputs = load_topology(package)
             engine = Engine(topology, FolderStateStore(root / "state"), deployment_id="bench", inputs=inputs,
-                            workers=workers)
+                            workers=workers, sandbox=sandbox)
             started = time.perf_counter()
             engine.deploy()
             wall = time.perf_counter() - started
@@ -138,6 +140,15 @@ def main() -> None:
     print(f"ansible, {n} independent nodes, {w} workers: {parallel:.2f} s total")
     print(f"parallel/serial ratio: {ratio:.2f} (target <= 0.50)")
     print(f"chained/serial ratio:  {chained / serial:.2f} (a chain cannot run in parallel: expect ~1)")
+
+    rounds: dict[bool, list[float]] = {True: [], False: []}  # alternate, so the machine's noise falls on both alike
+    for _ in range(3):
+        for boxed in (False, True):
+            wall, _, ops = deploy(5, False, 1, noop=False, sandbox=boxed)
+            rounds[boxed].append(wall / ops)
+    in_box, bare = sorted(rounds[True])[1], sorted(rounds[False])[1]
+    print(f"ansible, 5 nodes, serial, median of 3 rounds: sandboxed {in_box * 1000:.0f} ms/op, "
+          f"unsandboxed {bare * 1000:.0f} ms/op, ratio {in_box / bare:.2f}")
 
     idle, due = monitoring(50)
     print(f"non-blocking resume call, 50 waiting ops (fresh Engine, folder store): {idle:.1f} ms when none is due, "

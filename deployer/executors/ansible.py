@@ -51,6 +51,15 @@ def _known_hosts_line(host: HostSpec) -> str:
     return f"{name} {host.endpoint.host_key.strip()}\n"
 
 
+def _copy_if_present(source: str, target: str) -> None:
+    """Copy one file of a bundle; one that vanished meanwhile is skipped (a standalone deployer's
+    template folder may also hold its state folder, written while the copy runs)."""
+    try:
+        shutil.copy2(source, target)
+    except FileNotFoundError:
+        return
+
+
 def _fail(request: OperationRequest, message: str, **ctx: Any) -> OperationError:
     return OperationError(message, node=request.node, interface=request.op.interface, operation=request.op.name,
                           **ctx)
@@ -69,7 +78,7 @@ class _Box:
         if self.box is None or root is None:
             return
         copy = self.run_dir / "bundle"
-        shutil.copytree(root, copy, symlinks=True)
+        shutil.copytree(root, copy, symlinks=True, copy_function=_copy_if_present)
         sandboxes.chown_tree(self.box, copy)
         self._bundle = (root.resolve(), copy)
 
