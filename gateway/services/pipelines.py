@@ -18,6 +18,7 @@ import hashlib
 import logging
 import posixpath
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -152,11 +153,11 @@ def own_file(settings: Settings, user_id: str, url: str, field: str) -> dict[str
     return {"area": area, "path": _relative(_file_path(url, field), base, field, "your own storage folder")}
 
 
-def owned_file(settings: Settings, owner_id: str, path: str, what: str) -> dict[str, Any]:
+def owned_file(storage_root: Path, owner_id: str, path: str, what: str) -> dict[str, Any]:
     """A file location that belongs to ``owner_id`` (a catalogue dataset's, a storage target's),
     confined to their own folder or to the shared part of the storage outside ``users/``: no
     dataset or storage target points its readers at someone else's files."""
-    root = str(settings.pipelines_storage_root)
+    root = str(storage_root)
     relative = _relative(path, root, "source", f"the pipelines' storage ({root})")
     parts = relative.split("/")
     if parts[0] != USERS_AREA:
@@ -233,7 +234,8 @@ def start_run(db: Session, vault: Vault, settings: Settings, user: User, pipelin
             policy_for(settings).check(source_url)
         source = {"kind": "http", "url": source_url, "internal": internal_source}
     elif source_url.startswith("file:") and owner_id is not None:
-        source = {"kind": "local", **owned_file(settings, owner_id, _file_path(source_url, "source"), what)}
+        source = {"kind": "local", **owned_file(settings.pipelines_storage_root, owner_id,
+                                                _file_path(source_url, "source"), what)}
     elif source_url.startswith("file:"):
         source = {"kind": "local", **own_file(settings, user.id, source_url, "source")}
     elif source_url.startswith("sftp://"):

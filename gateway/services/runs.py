@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from catalogue.errors import DatasetNotFound
-from data_logistics.errors import DatasetUnresolved
+from data_logistics.errors import DatasetUnresolved, InvalidTransfer
 from deployer import constraints
 from gateway.core.security import hash_token
 from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -102,17 +103,20 @@ def check_inputs(declared: Mapping[str, Mapping[str, Any]], given: Mapping[str, 
 
 
 def check_datasets(db: Session, declared: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Any], where: str, *,
-                   user_id: str, username: str, admin: bool) -> None:
+                   user_id: str, username: str, admin: bool, storage_root: Path | None = None) -> None:
     """Inputs a stage-in takes its dataset from must name a catalogue dataset the caller can read
-    and that has a location; 422 naming the input otherwise (a URL is left to the pipeline)."""
+    and that has a location (with ``storage_root``: a file location in its owner's folder, as the
+    stage-in will check); 422 naming the input otherwise (a URL is left to the pipeline)."""
     wanted = [(name, value) for name, spec in declared.items()
               if spec.get("catalogue_dataset") and isinstance(value := inputs.get(name, spec.get("default")), str)
               and "://" not in value and not value.startswith("file:")]
     for name, value in wanted:
         dataset_id = value.removeprefix("dataset:")
         try:
-            pipeline_service.resolve_dataset(db, user_id, username, admin, dataset_id)
-        except DatasetUnresolved as exc:
+            url, _, owner = pipeline_service.resolve_dataset(db, user_id, username, admin, dataset_id)
+            if storage_root is not None and url.startswith("file:"):
+                pipeline_service.owned_file(storage_root, owner, url.removeprefix("file:"), f"dataset {dataset_id!r}")
+        except (DatasetUnresolved, InvalidTransfer) as exc:
             raise InvalidInput(f"input {name!r} of {where}: {exc.message}", hint=exc.hint,
                                field=f"inputs.{name}") from exc
         except DatasetNotFound as exc:
@@ -250,16 +254,19 @@ def _invoke_context() -> Select[Any]:
 _INVOKE_CONTEXT = _invoke_context()  # built once: building costs more than running it
 
 
-def accept_invocation(db: Session, token: str, workflow_ref: str, data: ExecutionCreate) -> Execution:
+def accept_invocation(db: Session, token: str, workflow_ref: str, data: ExecutionCreate,
+                      storage_root: Path | None = None) -> Execution:
     """Authenticate and check an invocation: ``new_execution`` as the token's user, in one query
     when all is in order (the common case); anything unusual (an error to report, a token whose
     last use is to be recorded, a chosen deployment or site) takes the full path, which is the
     reference for every answer."""
-    fast = _fast_execution(db, token, workflow_ref, data)
-    return fast if fast is not None else new_execution(db, user_service.authenticate(db, token), workflow_ref, data)
+    fast = _fast_execution(db, token, workflow_ref, data, storage_root)
+    return fast if fast is not None else new_execution(db, user_service.authenticate(db, token), workflow_ref, data,
+                                                       storage_root)
 
 
-def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionCreate) -> Execution | None:
+def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionCreate,
+                    storage_root: Path | None = None) -> Execution | None:
     if data.deployment is not None or data.site is not None:
         return None
     rows = db.execute(_INVOKE_CONTEXT, {"token_hash": hash_token(token), "ref": workflow_ref,
@@ -282,21 +289,23 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
     where = f"{row.workflow_name}/{data.workflow_name}"
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
     check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=row.user_id, username=row.username,
-                   admin=row.role == Role.ADMIN)
+                   admin=row.role == Role.ADMIN, storage_root=storage_root)
     return Execution(workflow_id=row.workflow_id, deployment_id=row.deployment_id, owner_id=row.user_id,
                      ssh_key_id=row.key_id, login=login, workflow_name=data.workflow_name, inputs=inputs,
                      state=ExecutionState.PENDING, wake_at=now)
 
 
-def create_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
+def create_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate,
+                     storage_root: Path | None = None) -> Execution:
     """Accept an invocation and persist it (the REST route batches the insert instead)."""
-    execution = new_execution(db, user, workflow_ref, data)
+    execution = new_execution(db, user, workflow_ref, data, storage_root)
     db.add(execution)
     db.commit()
     return execution
 
 
-def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate) -> Execution:
+def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate,
+                  storage_root: Path | None = None) -> Execution:
     """A checked, not yet persisted invocation: inputs checked, caller's own key, a deployed deployment."""
     # Mirrored by _fast_execution (one query) for the ordinary case: keep the two in step.
     workflow = workflow_service.get_visible(db, user, workflow_ref)
@@ -309,7 +318,7 @@ def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCre
     where = f"{workflow.name}/{data.workflow_name}"
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
     check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=user.id, username=user.username,
-                   admin=user.role == Role.ADMIN)
+                   admin=user.role == Role.ADMIN, storage_root=storage_root)
     key = key_service.get_owned(db, user, data.ssh_key)
     login = key_service.resolve_login(key, data.login)
     return Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,

@@ -235,6 +235,8 @@ def test_a_staged_dataset_input_must_be_a_readable_located_catalogue_dataset(
     located = {"location": "sftp://local/data/words.txt"}
     mine, public = dataset(alice, **located), dataset(bob, access="public", **located)
     bobs_private, unlocated = dataset(bob, **located), dataset(alice)
+    # A dataset of hers whose file location lies in bob's storage folder: stage-in would refuse it.
+    into_bobs = dataset(alice, location=f"file://{settings.pipelines_storage_root}/users/{bob.id}/results/x.txt")
 
     def invoke(value: str, **extra: Any) -> Any:
         return alice.post(f"/workflows/{deployed['name']}/executions",
@@ -246,7 +248,8 @@ def test_a_staged_dataset_input_must_be_a_readable_located_catalogue_dataset(
             assert invoke(value, **extra).status_code == 202, value
         for value, says in ((bobs_private, "names no catalogue dataset you can read"),
                             ("no-such-dataset", "names no catalogue dataset you can read"),
-                            (unlocated, "has no location to stage it from")):
+                            (unlocated, "has no location to stage it from"),
+                            (into_bobs, "points into another user's storage folder")):
             resp = invoke(value, **extra)
             assert resp.status_code == 422, resp.text
             error = error_of(resp)
