@@ -55,6 +55,11 @@ class Sandbox:
     run_dir: Path
     uid: int
     drop_to_uid: bool  # root caller: setpriv to ``uid`` inside; else the caller's own uid in a user ns
+    gid: int = -1  # the group inside (the uid's own number for a pool uid; the caller's otherwise)
+
+    @property
+    def group(self) -> int:
+        return self.uid if self.gid < 0 else self.gid
 
     def command(self, argv: Sequence[str], *, read_only: Sequence[Path] = (),
                 env: Mapping[str, str] | None = None) -> list[str]:
@@ -103,7 +108,7 @@ def sandbox(prefix: str = "hpcwaas-sbx-") -> Iterator[Sandbox]:
                 os.chown(run_dir, uid, uid)
                 yield Sandbox(run_dir, uid, drop_to_uid=True)
         else:
-            yield Sandbox(run_dir, os.getuid(), drop_to_uid=False)
+            yield Sandbox(run_dir, os.getuid(), drop_to_uid=False, gid=os.getgid())
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -178,8 +183,8 @@ def _bwrap_argv(box: Sandbox, argv: Sequence[str], read_only: Sequence[Path], en
             bind(root)
     bind(box.run_dir, writable=True)
     passwd = prepare(box, box.run_dir / ".sandbox" / "passwd",
-                     f"hpcwaas-run:x:{box.uid}:{box.uid}:hpcwaas sandbox:{box.run_dir}:/bin/sh\n")
-    group = prepare(box, box.run_dir / ".sandbox" / "group", f"hpcwaas-run:x:{box.uid}:\n")
+                     f"hpcwaas-run:x:{box.uid}:{box.group}:hpcwaas sandbox:{box.run_dir}:/bin/sh\n")
+    group = prepare(box, box.run_dir / ".sandbox" / "group", f"hpcwaas-run:x:{box.group}:\n")
     for path in (passwd, group):
         path.chmod(0o644)
     bind(passwd, "/etc/passwd")
