@@ -9,6 +9,7 @@ twice.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -18,6 +19,7 @@ from hpcwaas.errors import SchedulerError
 from hpcwaas.ssh import SSHSession
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=,/-]{0,127}$")
 _PATH = re.compile(r"^[A-Za-z0-9_./%@+-][A-Za-z0-9_./%@+=,-]{0,1023}$")
@@ -87,6 +89,7 @@ class JobSpec(BaseModel):
     chdir: str | None = None
     output: str | None = Field(default=None, description="stdout path (Slurm patterns such as %j allowed).")
     error: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Variables the script gets (values quoted).")
 
     @field_validator("script")
     @classmethod
@@ -94,6 +97,28 @@ class JobSpec(BaseModel):
         if not v.startswith("#!"):
             raise ValueError("a batch script must start with a #! line, e.g. #!/bin/bash")
         return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not _ENV_NAME.fullmatch(k)]
+        if bad:
+            raise ValueError(f"not shell variable names: {', '.join(map(repr, bad))} (letters, digits, '_')")
+        return v
+
+    @property
+    def rendered_script(self) -> str:
+        """The script with ``env`` exported after its directive block: sbatch reads ``#SBATCH``
+        lines only up to the first command, so exports right after ``#!`` would hide them."""
+        if not self.env:
+            return self.script
+        lines = self.script.splitlines(keepends=True)
+        end = 1
+        while end < len(lines) and (not lines[end].strip() or lines[end].lstrip().startswith("#")):
+            end += 1
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env.items())
+        head = "".join(lines[:end])
+        return head + ("" if head.endswith("\n") else "\n") + exports + "".join(lines[end:])
 
     @field_validator("name", "partition")
     @classmethod
@@ -210,7 +235,7 @@ class Slurm:
 
     def submit(self, spec: JobSpec) -> str:
         """Submit a job and return its id."""
-        result = self.session.run(["sbatch", *spec.sbatch_args()], input=spec.script, timeout=120)
+        result = self.session.run(["sbatch", *spec.sbatch_args()], input=spec.rendered_script, timeout=120)
         if result.exit_code != 0:
             raise SchedulerError(
                 f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}",
@@ -221,7 +246,8 @@ class Slurm:
 
     def submit_and_wait(self, spec: JobSpec, timeout: float = 3600) -> tuple[str, int]:
         """Submit with ``sbatch --wait``; return the job id and sbatch's exit code (the job's)."""
-        result = self.session.run(["sbatch", "--wait", *spec.sbatch_args()], input=spec.script, timeout=timeout)
+        result = self.session.run(["sbatch", "--wait", *spec.sbatch_args()], input=spec.rendered_script,
+                                  timeout=timeout)
         job_id = result.stdout.strip().split(";")[0].strip()
         if not re.fullmatch(r"\d+", job_id):
             raise SchedulerError(

@@ -14,8 +14,6 @@ blocking path) keeps one session open while it follows the job.
 
 from __future__ import annotations
 
-import re
-import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,13 +40,6 @@ def _spec(request: OperationRequest, tag: str) -> JobSpec:
     work_dir = inputs.get("work_dir") or request.host.work_dir
     env: dict[str, Any] = inputs.get("env") or {}
     script = str(inputs.get("script") or "")
-    if env:
-        # Exported after the #! line, each value quoted: user values never reach the shell raw.
-        first, _, rest = script.partition("\n")
-        exports = "".join(
-            f"export {k}={shlex.quote(str(v))}\n" for k, v in env.items() if re.fullmatch(r"[A-Za-z_]\w*", k)
-        )
-        script = f"{first}\n{exports}{rest}"
     out = f"{work_dir}/{inputs.get('job_name') or 'hpcwaas'}-%j.out" if work_dir else None
     err = f"{work_dir}/{inputs.get('job_name') or 'hpcwaas'}-%j.err" if work_dir else None
     return JobSpec(
@@ -63,6 +54,7 @@ def _spec(request: OperationRequest, tag: str) -> JobSpec:
         chdir=work_dir,
         output=out,
         error=err,
+        env={str(k): str(v) for k, v in env.items()},
     )
 
 

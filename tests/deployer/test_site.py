@@ -140,3 +140,22 @@ def test_sigkill_mid_batch_job_then_resume(site: SiteInfo, credential: dict[str,
         session.run(["rm", "-rf", work])
     op = next(iter(record.runs[-1].ops.values()))
     assert op.attempts == 2 and op.status == "done"
+
+
+def test_a_jobs_own_directives_survive_its_environment(site: SiteInfo, credential: dict[str, Any]) -> None:
+    """The variables a step passes are exported after the script's #SBATCH block: exported right
+    after #!, they made sbatch ignore every directive below them, and the job ran with defaults."""
+    from hpcwaas.slurm import JobSpec
+
+    script = "#!/bin/bash\n#SBATCH --nice=7\n\n# the developer's own directives\n#SBATCH --open-mode=append\n" \
+             "echo \"message: $MESSAGE\"\n"
+    spec = JobSpec(script=script, name="directives", env={"MESSAGE": "it's $(not run)"},
+                   chdir=str(site.user(USER).work_dir))
+    with connect(SiteEndpoint(site.host, site.port, site.host_key), USER, credential["private_key"]) as session:
+        slurm = Slurm(session)
+        job_id, code = slurm.submit_and_wait(spec, timeout=120)
+        shown = session.run(["scontrol", "show", "job", job_id], check=True).stdout
+        assert code == 0 and "Nice=7" in shown, shown
+        info = slurm.status(job_id)
+        assert info.stdout_path is not None
+        assert "message: it's $(not run)" in slurm.tail(info.stdout_path, 5)
