@@ -22,6 +22,9 @@ Login = Annotated[
     Field(description="A POSIX user name on the site."),
 ]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.@:-]{0,99}$")]
+#: The largest integer a parameter may carry: the databases' 64-bit integers (beyond it SQLite
+#: overflowed into a 500).
+MAX_INT = 2**63 - 1
 
 
 class ORMModel(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from gateway.api.deps import CurrentUser, DeveloperUser, SessionDep
+from gateway.schemas.common import MAX_INT
 from gateway.schemas.runs import DeploymentCreate, DeploymentOut, LogPage
 from gateway.services import deployments_view as view
 from gateway.services import runs as service
@@ -35,6 +36,6 @@ def undeploy(deployment_id: str, db: SessionDep, user: CurrentUser) -> Deploymen
 
 
 @router.get("/{deployment_id}/logs", response_model=LogPage, summary="Log lines (long-poll with wait)")
-def logs(deployment_id: str, db: SessionDep, user: CurrentUser, after: int = Query(0, ge=0),
+def logs(deployment_id: str, db: SessionDep, user: CurrentUser, after: int = Query(0, ge=0, le=MAX_INT),
          wait: float = Query(0, ge=0, le=30)) -> LogPage:
     return view.deployment_logs(db, user, deployment_id, after, wait)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user, bearer_token, in_session
 from gateway.persistence.models import ExecutionState, User
+from gateway.schemas.common import MAX_INT
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
 from gateway.services import provenance as provenance_service
@@ -68,7 +69,7 @@ def provenance(execution_id: str, db: SessionDep, user: CurrentUser) -> dict[str
 
 
 @router.get("/executions/{execution_id}/logs", response_model=LogPage, summary="Log lines (long-poll with wait)")
-def logs(execution_id: str, db: SessionDep, user: CurrentUser, after: int = Query(0, ge=0),
+def logs(execution_id: str, db: SessionDep, user: CurrentUser, after: int = Query(0, ge=0, le=MAX_INT),
          wait: float = Query(0, ge=0, le=30)) -> LogPage:
     return view.execution_logs(db, user, execution_id, after, wait)
 
@@ -76,5 +77,5 @@ def logs(execution_id: str, db: SessionDep, user: CurrentUser, after: int = Quer
 @router.get("/executions/{execution_id}/logs/stream", summary="Live log as server-sent events",
             response_class=StreamingResponse)
 def stream(execution_id: str, request: Request, db: SessionDep, user: CurrentUser,
-           after: int = Query(0, ge=0)) -> StreamingResponse:
+           after: int = Query(0, ge=0, le=MAX_INT)) -> StreamingResponse:
     return view.execution_stream(request.app.state.sessions, db, user, execution_id, after)

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 
 from containers.service import BuildWorker
 from gateway.api.deps import CurrentUser, DeveloperUser, SessionDep
+from gateway.schemas.common import MAX_INT
 from gateway.schemas.images import BuilderOut, BuildOut, BuildRequest, ImageDetail, ImageOut
 from gateway.services import images as service
 
@@ -55,7 +56,7 @@ _JSON_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components
                        404: {"description": "No such build of yours", **_JSON_ERROR},
                        422: {"description": "Invalid input; the message names the field", **_JSON_ERROR}})
 def build_log(build_id: str, db: SessionDep, worker: WorkerDep, user: CurrentUser,
-              offset: Annotated[int, Query(ge=0)] = 0) -> PlainTextResponse:
+              offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> PlainTextResponse:
     text, next_offset, build = service.build_log(db, worker, user, build_id, offset)
     return PlainTextResponse(text, headers={"X-Next-Offset": str(next_offset), "X-Build-State": build.state.value})
 

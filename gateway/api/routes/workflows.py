@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 
 from gateway.api.deps import CurrentUser, DeveloperUser, SessionDep, SettingsDep
+from gateway.schemas.common import MAX_INT
 from gateway.schemas.workflows import (
     Registered,
     VersionOut,
@@ -54,7 +55,7 @@ def versions(ref: str, db: SessionDep, user: CurrentUser) -> list[VersionOut]:
 
 
 @router.get("/{ref}/versions/{number}", response_model=VersionOut, summary="One version")
-def version(ref: str, number: int, db: SessionDep, user: CurrentUser) -> VersionOut:
+def version(ref: str, number: Annotated[int, Path(ge=1, le=MAX_INT)], db: SessionDep, user: CurrentUser) -> VersionOut:
     return service.version(db, user, ref, number)
 
 
