@@ -27,6 +27,12 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.@:-]{
 MAX_INT = 2**63 - 1
 
 
+class RequestModel(BaseModel):
+    """A request body: a field it does not know is refused (422 naming it), never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ORMModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

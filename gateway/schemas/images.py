@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import ORMModel
+from gateway.schemas.common import ORMModel, RequestModel
 
 
-class BuildRequest(BaseModel):
+class BuildRequest(RequestModel):
     """A spec (the content of ``image.yaml`` as an object) or a Dockerfile, and the step files."""
 
     spec: dict[str, Any] | None = Field(default=None, description="The image spec (see docs/containers.md).")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
-from gateway.schemas.common import Login, ORMModel
+from gateway.schemas.common import Login, ORMModel, RequestModel
 
 
 def _relative(value: str) -> str:
@@ -23,7 +23,7 @@ RelativePath = Annotated[str, StringConstraints(max_length=1024), AfterValidator
 MirrorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 
 
-class MirrorCreate(BaseModel):
+class MirrorCreate(RequestModel):
     """What to mirror where, with which of your SSH keys."""
 
     name: MirrorName = Field(description="1-63 characters: lower-case letters, digits and '-'.")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import Login
+from gateway.schemas.common import Login, RequestModel
 
 
 class PipelineOut(BaseModel):
@@ -18,7 +18,7 @@ class PipelineOut(BaseModel):
     target_kinds: list[str]
 
 
-class PipelineRunCreate(BaseModel):
+class PipelineRunCreate(RequestModel):
     """Start a run. Every site is reached with one of your own SSH keys (checked before anything starts)."""
 
     ssh_key: str = Field(description="Id of your SSH key for the sites of this run.")

@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from gateway.persistence.models import DeploymentState, ExecutionState
-from gateway.schemas.common import Login, ORMModel, SiteName
+from gateway.schemas.common import Login, ORMModel, RequestModel, SiteName
 
 
-class DeploymentCreate(BaseModel):
+class DeploymentCreate(RequestModel):
     workflow: str = Field(description="Workflow id or name.")
     version: int | None = Field(default=None, ge=1, description="Version number; the latest when omitted.")
     site: SiteName
@@ -37,7 +37,7 @@ class DeploymentOut(ORMModel):
     nodes: dict[str, str] = Field(default_factory=dict, description="Node -> TOSCA state.")
 
 
-class ExecutionCreate(BaseModel):
+class ExecutionCreate(RequestModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="Inputs of the workflow's execute workflow.")
     ssh_key: str = Field(description="Id of your own SSH key; the job runs as your site user.")
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")

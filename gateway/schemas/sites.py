@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from gateway.schemas.common import Login, ORMModel, SiteName
+from gateway.schemas.common import Login, ORMModel, RequestModel, SiteName
 
 Host = Annotated[
     str,
@@ -24,7 +24,7 @@ WorkDir = Annotated[
 Partition = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
-class HostKeyScan(BaseModel):
+class HostKeyScan(RequestModel):
     login_host: Host
     port: int = Field(default=22, ge=1, le=65535)
 
@@ -35,7 +35,7 @@ class HostKeyOut(BaseModel):
     fingerprint: str = Field(description="SHA256 fingerprint, as ssh-keygen -l prints it.")
 
 
-class SiteCreate(BaseModel):
+class SiteCreate(RequestModel):
     name: SiteName
     description: str | None = Field(default=None, max_length=2000)
     login_host: Host
@@ -54,7 +54,7 @@ class SiteCreate(BaseModel):
         "(TrustedUserCAKeys; principal: the user's site login). Off: the user's stored key.")
 
 
-class SiteUpdate(BaseModel):
+class SiteUpdate(RequestModel):
     description: str | None = Field(default=None, max_length=2000)
     login_host: Host | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -80,7 +80,7 @@ class SiteOut(ORMModel):
     updated_at: datetime
 
 
-class SiteAccess(BaseModel):
+class SiteAccess(RequestModel):
     """Which of the caller's SSH keys to use on a site, and as which site user."""
 
     ssh_key: str = Field(description="Id of one of your SSH keys.")

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from gateway.schemas.common import Login, Name, ORMModel, SiteName
+from gateway.schemas.common import Login, Name, ORMModel, RequestModel, SiteName
 
 
-class SSHKeyCreate(BaseModel):
+class SSHKeyCreate(RequestModel):
     name: Name | None = Field(default=None, description="Defaults to the key type and date.")
     type: Literal["ed25519", "rsa"] = "ed25519"
     # Two sizes only: generation runs in the request, and an odd size near 8192 bits takes
@@ -19,7 +19,7 @@ class SSHKeyCreate(BaseModel):
     login: Login | None = Field(default=None, description="Default site user this key logs in as.")
 
 
-class SSHKeyImport(BaseModel):
+class SSHKeyImport(RequestModel):
     name: Name | None = None
     private_key: SecretStr = Field(description="OpenSSH or PEM private key; stored only in Vault.")
     passphrase: SecretStr | None = None
@@ -38,7 +38,7 @@ class SSHKeyOut(ORMModel):
     last_used_at: datetime | None
 
 
-class SSHKeyCheck(BaseModel):
+class SSHKeyCheck(RequestModel):
     site: SiteName
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import EmailStr, Field
 
 from gateway.persistence.models import Role
-from gateway.schemas.common import Name, ORMModel, Username
+from gateway.schemas.common import Name, ORMModel, RequestModel, Username
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestModel):
     username: Username
     role: Role = Role.SCIENTIST
     full_name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(RequestModel):
     role: Role | None = None
     full_name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
@@ -34,7 +34,7 @@ class UserOut(ORMModel):
     created_at: datetime
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(RequestModel):
     name: Name = "default"
     expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Defaults to the server's TTL.")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway.persistence.models import Visibility
-from gateway.schemas.common import ORMModel, Username
+from gateway.schemas.common import ORMModel, RequestModel, Username
 
 WorkflowName = Annotated[
     str,
@@ -18,32 +18,36 @@ WorkflowName = Annotated[
 Group = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 
 
-class GitSource(BaseModel):
+# Text that reaches a path or a git command line: no control characters (a NUL was a 500).
+PlainText = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class GitSource(RequestModel):
     kind: Literal["git"] = "git"
-    url: str = Field(min_length=1, max_length=1024, description="A local repository path or file:// URL.")
-    ref: str = Field(default="HEAD", min_length=1, max_length=200, description="Branch, tag or commit.")
-    subpath: str = Field(default="", max_length=500, description="Folder of the workflow inside the repository.")
+    url: PlainText = Field(min_length=1, max_length=1024, description="A local repository path or file:// URL.")
+    ref: PlainText = Field(default="HEAD", min_length=1, max_length=200, description="Branch, tag or commit.")
+    subpath: PlainText = Field(default="", max_length=500, description="Folder of the workflow inside the repository.")
 
 
-class FolderSource(BaseModel):
+class FolderSource(RequestModel):
     kind: Literal["folder"] = "folder"
-    path: str = Field(min_length=1, max_length=1024, description="A folder under a registry root.")
+    path: PlainText = Field(min_length=1, max_length=1024, description="A folder under a registry root.")
 
 
-class VisibilityIn(BaseModel):
+class VisibilityIn(RequestModel):
     mode: Visibility = Visibility.PUBLIC
     users: list[Username] = Field(default_factory=list, max_length=1000)
     groups: list[Group] = Field(default_factory=list, max_length=1000)
 
 
-class WorkflowRegister(BaseModel):
+class WorkflowRegister(RequestModel):
     name: WorkflowName
     description: str | None = Field(default=None, max_length=4000)
     source: GitSource | FolderSource = Field(discriminator="kind")
     visibility: VisibilityIn | None = None
 
 
-class WorkflowUpdate(BaseModel):
+class WorkflowUpdate(RequestModel):
     description: str | None = Field(default=None, max_length=4000)
     visibility: VisibilityIn | None = None
 

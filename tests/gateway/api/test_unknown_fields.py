@@ -1,0 +1,31 @@
+"""Request bodies refuse fields they do not know (a 422 naming them): an ignored field is a
+request silently reinterpreted (seen: POST /tokens with expires_at, role or user_id answered 201
+with an ordinary 90-day token)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.gateway import Person, error_of
+
+
+@pytest.mark.parametrize(("who", "url", "body", "unknown"), [
+    ("alice", "/tokens", {"name": "t", "expires_at": "2030-01-01T00:00:00Z"}, "expires_at"),
+    ("alice", "/tokens", {"name": "t", "role": "admin"}, "role"),
+    ("alice", "/tokens", {"name": "t", "user_id": "someone"}, "user_id"),
+    ("alice", "/ssh_keys", {"login": "sciuser1", "owner": "bob"}, "owner"),
+    ("admin", "/users", {"username": "zed", "password": "x"}, "password"),
+    ("admin", "/sites", {"name": "s", "login_host": "h", "host_key": "ssh-ed25519 " + "A" * 68, "auth": "x"},
+     "auth"),
+    ("dave", "/deployments", {"workflow": "w", "site": "local", "ssh_key": "k", "force": True}, "force"),
+    ("alice", "/workflows/w/executions", {"ssh_key": "k", "priority": 1}, "priority"),
+    ("dave", "/workflows", {"name": "w", "source": {"kind": "folder", "path": "/x", "depth": 1}}, "depth"),
+    ("alice", "/pipelines/stage_in/runs", {"ssh_key": "k", "source": "https://8.8.8.8/x",
+                                           "target": "sftp://local/x", "retries": 3}, "retries"),
+])
+def test_an_unknown_field_is_refused(people: dict[str, Person], who: str, url: str, body: dict, unknown: str
+                                     ) -> None:
+    resp = people[who].post(url, json=body)
+    assert resp.status_code == 422, (url, resp.status_code, resp.text[:300])
+    error = error_of(resp)
+    assert unknown in str(error), error
