@@ -961,6 +961,41 @@ def _receive_site_file(source: SiteFile, part: str, offset: int, hash_it: bool,
     return (hashed[0] if hashed else None), end
 
 
+def _resume_offset(partial: int, total: int | None, can_rehash: bool) -> int:
+    """Where a copy starts: after what a previous attempt wrote, when that can be trusted."""
+    offset = max(partial, 0)
+    if (total is not None and offset > total) or (offset and not can_rehash):
+        return 0
+    return offset
+
+
+def _copy_direct(source: FileSource, destination: Destination, part: str, offset: int, hash_it: bool,
+                 report: _Reporter) -> tuple[str | None, int]:
+    """A copy through file descriptors (no bytes through Python): local to site, or site to local."""
+    if isinstance(source, LocalFile):
+        return _send_local_file(source, destination, part, offset, hash_it, report)
+    assert isinstance(source, SiteFile)
+    return _receive_site_file(source, part, offset, hash_it, report)
+
+
+def _file_mismatch(source: FileSource, final: str, at_destination: str, declared: str | None,
+                   streamed: str | None) -> str | None:
+    """Why the copy does not match its source (None when it does): against the declared checksum,
+    else against the hash of the whole stream (``streamed``) or of the source at rest."""
+    if declared is not None:
+        if at_destination == declared:
+            return None
+        # Tell a source that does not match its declaration from a transfer that broke it.
+        if isinstance(source, LocalFile | SiteFile) and source.sha256_at_rest() != declared:
+            return f"the source {source.label} does not match the declared sha256 {declared}"
+        return (f"the copy at {final} hashes to {at_destination}, not to the declared sha256 {declared} "
+                f"of {source.label}")
+    at_source = streamed if streamed is not None else source.sha256_at_rest()
+    if at_destination != at_source:
+        return f"the copy at {final} hashes to {at_destination}, the source to {at_source}"
+    return None
+
+
 def copy_file(
     source: FileSource,
     destination: Destination,
@@ -985,14 +1020,10 @@ def copy_file(
         )
     total = source.size()
     report.state.bytes_total, report.state.files_total = total, 1
-    offset = max(state.partial_size, 0) if resume else 0
-    if total is not None and offset > total:
-        offset = 0
     # After a resume the stream no longer covers the whole file: the source must then be hashed
     # at rest, or the declared checksum stands for it.
     can_rehash = isinstance(source, LocalFile | SiteFile) or declared is not None
-    if offset and not can_rehash:
-        offset = 0
+    offset = _resume_offset(state.partial_size if resume else 0, total, can_rehash)
     report.phase("transferring")
     # The worker hashes the stream only when nothing else vouches for the source: a declared
     # checksum (catalogue, image digest) stands for the source, and the destination, hashed at rest
@@ -1003,13 +1034,8 @@ def copy_file(
     direct = _direct_fd_source(source, destination) or _direct_fd_target(source, destination)
     if direct:
         resumed_from = offset
-        if isinstance(source, LocalFile):
-            at_source_stream, offset = _send_local_file(source, destination, state.part, offset,
-                                                        hash_stream and offset == 0, report)
-        else:
-            assert isinstance(source, SiteFile)
-            at_source_stream, offset = _receive_site_file(source, state.part, offset, hash_stream and offset == 0,
-                                                          report)
+        at_source_stream, offset = _copy_direct(source, destination, state.part, offset,
+                                                hash_stream and offset == 0, report)
     attempt = 0
     streamed = _BackgroundHash() if hash_stream and not direct else None
     while not direct:
@@ -1055,18 +1081,8 @@ def copy_file(
     report.phase("verifying")
     # The destination is read back at rest on the site: what is compared is what landed on its disk.
     at_destination = destination.sha256(state.part)
-    problem = None
-    if declared is not None:
-        if at_destination != declared:
-            problem = (f"the copy at {state.final} hashes to {at_destination}, not to the declared sha256 {declared} "
-                       f"of {source.label}")
-            # Tell a source that does not match its declaration from a transfer that broke it.
-            if isinstance(source, LocalFile | SiteFile) and source.sha256_at_rest() != declared:
-                problem = f"the source {source.label} does not match the declared sha256 {declared}"
-    else:
-        at_source = at_source_stream if resumed_from == 0 else source.sha256_at_rest()
-        if at_destination != at_source:
-            problem = f"the copy at {state.final} hashes to {at_destination}, the source to {at_source}"
+    problem = _file_mismatch(source, state.final, at_destination, declared,
+                             at_source_stream if resumed_from == 0 else None)
     if problem:
         destination.remove(state.part)
         raise ChecksumMismatch(f"corrupted transfer: {problem}; the partial data was removed",
@@ -1187,6 +1203,39 @@ def _direct_tar_in(source: TreeSource, destination: Destination) -> bool:
             and type(destination).tar_writer is LocalDestination.tar_writer)
 
 
+def _follow_listing(untar: subprocess.Popen[bytes], sent: list[int], files: list[TreeFile],
+                    report: _Reporter) -> tuple[list[int], int]:
+    """Report progress from the count of files the site's tar listed, until the local tar ends;
+    the cumulative sizes and how many files were reported."""
+    sizes = [0]
+    for item in files:
+        sizes.append(sizes[-1] + item.size)
+    reported = 0
+    interval = 0.01
+    while True:
+        try:
+            untar.wait(timeout=interval)
+            return sizes, reported
+        except subprocess.TimeoutExpired:
+            pass
+        now = min(sent[0], len(files))
+        if now > reported:
+            report.add(sizes[now] - sizes[reported], now - reported)
+            reported, interval = now, 0.25
+
+
+def _check_tars(ssh: subprocess.Popen[bytes], untar: subprocess.Popen[bytes], messages: list[bytes]) -> None:
+    """Fail when either end of a tar pipe failed, with its own words."""
+    assert untar.stderr is not None
+    untar_err = untar.stderr.read().decode(errors="replace").strip()
+    if ssh.returncode != 0:
+        raise RemoteCommandFailed(f"tar on the source site failed (exit {ssh.returncode}): "
+                                  f"{b''.join(messages).decode(errors='replace').strip()[-500:]}",
+                                  exit_code=ssh.returncode)
+    if untar.returncode != 0:
+        raise StagingError(f"tar -x failed on the worker (exit {untar.returncode}): {untar_err[-500:]}")
+
+
 def _receive_site_tree(source: SiteTree, part_dir: str, files: list[TreeFile], expected: dict[str, str],
                        report: _Reporter) -> None:
     """``ssh site tar -c`` | local ``tar -x`` (stage-out of a directory), the pipe between the two
@@ -1232,31 +1281,10 @@ def _receive_site_tree(source: SiteTree, part_dir: str, files: list[TreeFile], e
             reader.start()
             threading.Thread(target=_feed, args=(ssh.stdin, b"".join(f.rel.encode() + b"\0" for f in files)),
                              daemon=True).start()
-            sizes = [0]
-            for item in files:
-                sizes.append(sizes[-1] + item.size)
-            reported = 0
-            interval = 0.01
-            while True:
-                try:
-                    untar.wait(timeout=interval)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                now = min(sent[0], len(files))
-                if now > reported:
-                    report.add(sizes[now] - sizes[reported], now - reported)
-                    reported, interval = now, 0.25
+            sizes, reported = _follow_listing(untar, sent, files, report)
             ssh.wait(timeout=60)
             reader.join(timeout=10)
-            assert untar.stderr is not None
-            untar_err = untar.stderr.read().decode(errors="replace").strip()
-            if ssh.returncode != 0:
-                raise RemoteCommandFailed(f"tar on the source site failed (exit {ssh.returncode}): "
-                                          f"{b''.join(messages).decode(errors='replace').strip()[-500:]}",
-                                          exit_code=ssh.returncode)
-            if untar.returncode != 0:
-                raise StagingError(f"tar -x failed on the worker (exit {untar.returncode}): {untar_err[-500:]}")
+            _check_tars(ssh, untar, messages)
             report.add(sizes[-1] - sizes[reported], len(files) - reported)
     except BaseException:
         for proc in (ssh, untar):

@@ -623,12 +623,7 @@ class Engine:
         done = {
             n for n in plan.nodes if (only is not None and n not in only) or self._node_done(run, plan.kind, n, prefix)
         }
-        errors: list[DeployerError] = []
-        if not self._retry_failed:  # failures of earlier calls of this run stay failures
-            for n in names:
-                if n not in done and run.steps.get(prefix + n) == "failed":
-                    errors.append(self.recorded_error(run, prefix + n))
-                    done.add(n)  # not re-run; nothing new starts anyway while errors exist
+        errors = self._earlier_failures(run, names, done, prefix)
         pending = [n for n in names if n not in done]
         failed_before = bool(errors)
         wakes: list[float] = []
@@ -663,6 +658,24 @@ class Engine:
                         errors.append(exc)
                     else:
                         raise exc
+        self._plan_outcome(cancelled, wakes, errors, pending)
+
+    def _earlier_failures(self, run: RunRecord, names: list[str], done: set[str], prefix: str
+                          ) -> list[DeployerError]:
+        """Failures of earlier calls of this run: they stay failures (unless retrying failed ones),
+        and their nodes count as done (nothing new starts anyway while errors exist)."""
+        errors: list[DeployerError] = []
+        if self._retry_failed:
+            return errors
+        for n in names:
+            if n not in done and run.steps.get(prefix + n) == "failed":
+                errors.append(self.recorded_error(run, prefix + n))
+                done.add(n)
+        return errors
+
+    @staticmethod
+    def _plan_outcome(cancelled: bool, wakes: list[float], errors: list[DeployerError], pending: list[str]) -> None:
+        """Raise what a plan's end means: cancelled, suspended, failed, or nodes left undone."""
         if cancelled:
             raise Cancelled()
         if wakes:

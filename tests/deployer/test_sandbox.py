@@ -43,3 +43,6 @@ def test_untrusted_playbook_sees_nothing_of_the_host(tmp_path: Path, planted_sec
     secrets_seen = [secret_value] + [f.read_text().strip() for f in (vault_info.root_token_file,
                                                                      vault_info.gateway_token_file)]
     check_saw_nothing(out, targets, secrets_seen)
+    # The probe really ran (each way reported) and the planted secret is still there, unread.
+    assert set(out["read"]) == set(out["delegated"]) == set(out["plugin"]) == set(targets)
+    assert secret_path.read_text() == secret_value and secret_value not in repr(out)
