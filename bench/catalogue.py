@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 from sqlalchemy import select, text
 
-from catalogue import service
+from catalogue import listing, service
 from catalogue.models import DatasetReader
 from catalogue.schemas import DatasetFilters
 from catalogue.service import Principal
@@ -185,11 +185,11 @@ def main() -> None:
     def ours(queries: list[DatasetFilters]) -> list[float]:
         times = []
         with sessions() as db:
-            service.list_datasets(db, None, queries[0])  # warm the page cache
+            listing.list_datasets(db, None, queries[0])  # warm the page cache
             for number, f in enumerate(queries):
                 who = callers[number % 2]
                 start = time.perf_counter()
-                service.list_datasets(db, who, f)
+                listing.list_datasets(db, who, f)
                 times.append((time.perf_counter() - start) * 1000)
                 slowest.append((times[-1], f"{'user' if who else 'anonymous'} {f.model_dump(exclude_defaults=True)}"))
                 db.expunge_all()
@@ -201,7 +201,7 @@ def main() -> None:
         readers: dict[int, list[str]] = {}
         for pk, username in db.execute(select(DatasetReader.dataset_pk, DatasetReader.username)):
             readers.setdefault(pk, []).append(username)
-        for d in service.iter_visible(db, Principal("x", "x", is_admin=True), batch=5000):
+        for d in listing.iter_visible(db, Principal("x", "x", is_admin=True), batch=5000):
             entries.append({"title": d.title, "description": d.description, "keywords": d.keywords,
                             "format": d.format, "site": d.site, "owner": d.owner_name, "access": d.access,
                             "readers": readers.get(d.pk, []), "modified": d.modified_at.isoformat(),

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from catalogue import dcat, service
+from catalogue import dcat, listing, service
 from catalogue import errors as err
 from catalogue.schemas import (
     DatasetCreate,
@@ -66,13 +66,13 @@ def make_router(
 
     @router.get("/datasets", response_model=DatasetPage, summary="List datasets you may read, filtered and sorted")
     def list_datasets(filters: Annotated[DatasetFilters, Query()], db: Db, who: Anyone) -> DatasetPage:
-        return service.list_datasets(db, who, filters)
+        return listing.list_datasets(db, who, filters)
 
     @router.get("/search", response_model=DatasetPage, summary="Full-text search with highlighted matches")
     def search(filters: Annotated[DatasetFilters, Query()], db: Db, who: Anyone) -> DatasetPage:
         if not filters.q:
             raise err.InvalidQuery("a search needs some words in ?q=", field="q", hint="or list with /datasets")
-        return service.list_datasets(db, who, filters)
+        return listing.list_datasets(db, who, filters)
 
     @router.post("/datasets", response_model=DatasetOut, status_code=201, summary="Register a dataset (you own it)")
     def create(data: DatasetCreate, db: Db, who: Who) -> Any:
@@ -109,7 +109,7 @@ def make_router(
     @router.get("/dcat", summary="The catalogue (what you may read) as DCAT JSON-LD, streamed",
                 response_class=StreamingResponse, responses={200: {"content": {JSONLD: {}}}})
     def catalogue_dcat(request: Request, db: Db, who: Anyone) -> StreamingResponse:
-        pieces = dcat.iter_catalogue(service.iter_visible(db, who), base_url(request))
+        pieces = dcat.iter_catalogue(listing.iter_visible(db, who), base_url(request))
         return StreamingResponse(pieces, media_type=JSONLD)
 
     @router.get("/export.jsonl", summary="Export what you may read as JSON lines (the import format)",
@@ -118,7 +118,7 @@ def make_router(
         def lines() -> Iterator[str]:
             import json
 
-            for dataset in service.iter_visible(db, who):
+            for dataset in listing.iter_visible(db, who):
                 yield json.dumps(service.record_of(dataset), ensure_ascii=False) + "\n"
 
         return StreamingResponse(lines(), media_type=NDJSON)

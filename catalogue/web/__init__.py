@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from catalogue import errors as err
-from catalogue import service
+from catalogue import listing, service
 from catalogue.schemas import DatasetCreate, DatasetFilters, DatasetUpdate, VersionOut
 from catalogue.service import Principal
 from hpcwaas.errors import HpcwaasError
@@ -212,12 +212,12 @@ def make_router(
         problem = None
         page = None
         try:
-            page = service.list_datasets(db, who, DatasetFilters.model_validate({**params, "limit": 20}))
+            page = listing.list_datasets(db, who, DatasetFilters.model_validate({**params, "limit": 20}))
         except ValidationError as exc:
             problem = "; ".join(f"{k}: {v}" for k, v in _field_problems(exc).items())
         except err.CatalogueError as exc:
             problem = exc.message + (f" ({exc.hint})" if exc.hint else "")
-        facets = service.facets(db, who, limit=12)
+        facets = listing.facets(db, who, limit=12)
         next_url = None
         if page and page.next_cursor:
             query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]

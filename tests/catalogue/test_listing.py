@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalogue import search, service
+from catalogue import listing, search, service
 from catalogue.models import Dataset, DatasetKeyword
 from catalogue.schemas import DatasetFilters, DatasetUpdate
 from catalogue.service import Principal
@@ -60,7 +60,7 @@ def _all_pages(db: Session, who: Principal | None, f: DatasetFilters) -> list[st
     ids: list[str] = []
     cursor = None
     while True:
-        page = service.list_datasets(db, who, f.model_copy(update={"cursor": cursor}))
+        page = listing.list_datasets(db, who, f.model_copy(update={"cursor": cursor}))
         ids += [i.id for i in page.items]
         cursor = page.next_cursor
         if cursor is None:
@@ -72,7 +72,7 @@ def _reference(db: Session, who: Principal | None, f: DatasetFilters, sort: str,
     """The straightforward query: every match (or row) joined, filtered and sorted, no window, no walk."""
     dialect = db.get_bind().dialect.name
     terms = search.terms_of(f.q) if f.q else None
-    stmt = service._page_statement(dialect, who, f, terms, sort, order, None, 0).limit(None)
+    stmt = listing._page_statement(dialect, who, f, terms, sort, order, None, 0).limit(None)
     pks = list(db.scalars(stmt))
     ids = {row[0]: row[1] for row in db.execute(select(Dataset.pk, Dataset.id).where(Dataset.pk.in_(pks)))}
     return [ids[pk] for pk in pks]
@@ -82,10 +82,10 @@ def _reference(db: Session, who: Principal | None, f: DatasetFilters, sort: str,
 def test_windowed_search_gives_the_pages_of_the_full_query(db: Session, unique: str, windows: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     if windows == "small":  # widen often: windows of one or two rows per row asked for
-        monkeypatch.setattr(service, "_WINDOW_PER_ROW", 1)
-        monkeypatch.setattr(service, "_WINDOW_PER_ROW_FILTERED", 2)
-        monkeypatch.setattr(service, "_WINDOW_MIN", 1)
-        monkeypatch.setattr(service, "_WIDEN", 2)
+        monkeypatch.setattr(listing, "_WINDOW_PER_ROW", 1)
+        monkeypatch.setattr(listing, "_WINDOW_PER_ROW_FILTERED", 2)
+        monkeypatch.setattr(listing, "_WINDOW_MIN", 1)
+        monkeypatch.setattr(listing, "_WIDEN", 2)
     _import(db, unique)
     queries: list[dict[str, Any]] = [
         {"q": f"zq{unique}"}, {"q": f"zq{unique} ocean"}, {"q": f"zq{unique} oce"},
@@ -128,7 +128,7 @@ def test_keyword_listing_walks_in_order_and_follows_changes(db: Session, unique:
                for r in rows)
     by_title = _all_pages(db, ADMIN, DatasetFilters(keyword=[tag], sort="title", limit=50))
     assert by_title[-1] == first.id
-    newest = service.list_datasets(db, ADMIN, DatasetFilters(keyword=[tag], limit=1)).items
+    newest = listing.list_datasets(db, ADMIN, DatasetFilters(keyword=[tag], limit=1)).items
     assert [d.id for d in newest] == [first.id]
     # Every keyword row of the import agrees with its dataset.
     pairs = db.execute(select(DatasetKeyword, Dataset).join(Dataset, Dataset.pk == DatasetKeyword.dataset_pk)
