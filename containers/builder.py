@@ -1,36 +1,45 @@
-"""Real Apptainer builds in the stack's builder tree (``hpcwaas/stack/apptainer.py``).
+"""Real Apptainer builds in the stack's builder tree, through the build helper.
 
-Each build gets a folder ``/build/<key>`` inside the sid tree, owned by the build user, holding
-``image.def`` and the step files under ``context/``; ``apptainer build --fakeroot`` runs there as
-that user (``Bootstrap: debootstrap`` from the Debian mirror). Output is streamed line by line to
-the build's log file through :func:`redact`, with an environment that holds nothing of the
-caller's. A build that outlives its timeout is killed with its whole process group.
+Entering the tree needs root (a private mount namespace and ``pivot_root``) and the gateway does
+not run as root, so every build goes through ``containers/build_helper.py``: the request (the
+definition and the step files) goes in on its stdin, the SIF comes back on its stdout, and every
+line of the build is redacted (:func:`redact`) into the build's log. The helper runs the build as
+the tree's unprivileged build user (``apptainer build --fakeroot``, ``Bootstrap: debootstrap`` from
+the Debian mirror) and stops it at the timeout with its whole process group.
 
-Pitfalls: entering the tree needs root (a private mount namespace and ``pivot_root``); a builder
-that is missing, half prepared or entered by a non-root process reports *why* through
-:meth:`Builder.status` instead of failing later.
+Pitfalls: a builder that is missing, half prepared, or whose helper the gateway's user may not run
+reports *why* through :meth:`Builder.status` instead of failing later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import platform
+import pwd
 import re
 import shutil
-import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from containers.build_helper import KEY, Exit, kill_group, pack_request
 from containers.errors import BuilderUnavailable, BuildFailed, SpecError
-from containers.render import CONTEXT, RENDER_VERSION
+from containers.render import RENDER_VERSION
 from containers.store import StepFile
-from hpcwaas.stack.apptainer import BUILD_UID, BUILDS_INSIDE, SidTree
+from hpcwaas.stack.apptainer import IMAGE_BUILD_HELPER, SidTree
+from hpcwaas.stack.site_users import GATEWAY_USER
 
+__all__ = ["HOST_ARCH", "Builder", "BuilderStatus", "kill_group", "redact"]
+
+HELPER_CHECK_SECONDS = 30.0  # how long a helper's answer to --check is trusted
+HELPER_GRACE_SECONDS = 120.0  # past the timeout, the helper is cancelled if it has not stopped itself
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"}.get(platform.machine(), platform.machine())
 
 # Secrets that must never reach a log, whatever a build prints (tokens, keys, passwords, URLs
@@ -88,35 +97,86 @@ class BuilderStatus:
 
 
 class Builder:
-    """Runs ``apptainer build --fakeroot`` in the builder tree under ``builder_dir``."""
+    """Builds images through the build helper (``containers/build_helper.py``).
+
+    As root the helper runs directly; otherwise through ``sudo -n`` and the installed
+    :data:`IMAGE_BUILD_HELPER`, which is the only thing the gateway's user may run as root.
+    """
 
     def __init__(self, builder_dir: Path, *, mirror: str = "http://deb.debian.org/debian",
-                 timeout: float = 3600.0) -> None:
+                 timeout: float = 3600.0, helper: Path = IMAGE_BUILD_HELPER) -> None:
         self.builder_dir = builder_dir
         self.tree = SidTree(builder_dir / "sid")
         self.mirror = mirror
         self.timeout = timeout
+        self.helper = helper
+        self._checked: tuple[float, BuilderStatus] | None = None
 
     def status(self) -> BuilderStatus:
-        """Available, or the reason it is not (never blocks)."""
+        """Available, or the reason it is not (answers within seconds)."""
+        if os.geteuid() != 0:
+            return self._helper_status()
         hint = "run `python -m hpcwaas.stack up --only apptainer` as root (prepares it once, then reuses it)"
         if not self.tree.ready():
             return BuilderStatus(False, None, f"the Apptainer builder is not prepared at {self.builder_dir}", hint)
         try:
-            version = self.version()
+            version = self._describe(self.tree.version())
         except (OSError, ValueError, KeyError) as exc:
             return BuilderStatus(False, None, f"the builder's ready.json is unreadable: {exc}", hint)
-        if os.geteuid() != 0:
-            return BuilderStatus(False, version, "builds need root to enter the builder tree (pivot_root)",
-                                 "run the gateway (or the build) as root")
         if shutil.which("unshare") is None:
             return BuilderStatus(False, version, "`unshare` (util-linux) is missing on this host",
                                  "apt-get install util-linux")
         return BuilderStatus(True, version)
 
+    def _helper_status(self) -> BuilderStatus:
+        """Ask the installed helper (``--check``); remembered for a while, it costs a sudo call."""
+        if self._checked is not None and time.monotonic() - self._checked[0] < HELPER_CHECK_SECONDS:
+            return self._checked[1]
+        status = self._ask_helper()
+        self._checked = (time.monotonic(), status)
+        return status
+
+    def _ask_helper(self) -> BuilderStatus:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        rule = f"`{user} ALL=(root) NOPASSWD: {self.helper}` in /etc/sudoers.d/ (docs/security.md)"
+        install = "as root: `python -m hpcwaas.stack up --only apptainer` installs it, and the sudo rule for " \
+                  f"the user {GATEWAY_USER}"
+        if not self.helper.is_file():
+            return BuilderStatus(False, None, f"the image build helper {self.helper} is not installed", install)
+        if shutil.which("sudo") is None:
+            return BuilderStatus(False, None, "builds run through sudo, which is not installed",
+                                 "apt-get install sudo, then " + install)
+        try:
+            out = subprocess.run([*self._helper_argv(), "--check"], capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL, check=False, env={"PATH": os.defpath})
+        except subprocess.TimeoutExpired:
+            return BuilderStatus(False, None, "the image build helper did not answer within 30 s", install)
+        said = out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+        if out.returncode != 0 and "sudo:" in said[0]:
+            return BuilderStatus(False, None, f"the user {user} may not run {self.helper}: {said[0]}", f"add {rule}")
+        if out.returncode != 0:
+            return BuilderStatus(False, None, f"the image build helper says: {said[0]}", install)
+        found = json.loads(out.stdout)
+        if Path(found["builder_dir"]) != self.builder_dir:
+            return BuilderStatus(False, None, f"the image build helper builds in {found['builder_dir']}, not in "
+                                 f"{self.builder_dir}", f"set HPCWAAS_BUILDER_DIR={found['builder_dir']}")
+        return BuilderStatus(True, self._describe(str(found["version"])))
+
+    def _helper_argv(self) -> list[str]:
+        if os.geteuid() == 0:
+            return [sys.executable, "-I", "-m", "containers.build_helper", str(self.builder_dir)]
+        return ["sudo", "-n", str(self.helper)]
+
+    @staticmethod
+    def _describe(apptainer_version: str) -> str:
+        return f"{apptainer_version}; hpcwaas-render {RENDER_VERSION}; {HOST_ARCH}"
+
     def version(self) -> str:
         """What the image id includes besides the inputs: Apptainer's and the renderer's versions."""
-        return f"{self.tree.version()}; hpcwaas-render {RENDER_VERSION}; {HOST_ARCH}"
+        status = self.status()
+        if status.version is None:
+            raise BuilderUnavailable(status.reason or "the builder is not available", hint=status.hint)
+        return status.version
 
     def require(self) -> BuilderStatus:
         status = self.status()
@@ -134,7 +194,7 @@ class Builder:
         arch: str = HOST_ARCH,
         on_process: Callable[[int], None] | None = None,
     ) -> Path:
-        """Build and return the SIF's path on the host (the caller moves it into the store).
+        """Build and return the SIF's path, next to the log (the caller moves it into the store).
 
         ``key`` names the build folder (``[0-9a-z-]``); the log gets every output line, redacted.
         Raises :class:`BuildFailed` with the tool's error lines, or :class:`BuilderUnavailable`.
@@ -143,95 +203,66 @@ class Builder:
         if arch != HOST_ARCH:
             raise SpecError(f"target.arch: {arch} images cannot be built on this {HOST_ARCH} builder",
                             problems=[{"field": "target.arch", "message": f"builder is {HOST_ARCH}"}])
-        if not re.match(r"^[0-9a-z-]{1,80}$", key):
+        if not KEY.match(key):
             raise ValueError(f"bad build key {key!r}")
-        inside = f"{BUILDS_INSIDE}/{key}"
-        work = self.tree.host_path(inside)
-        cache = self.tree.host_path(f"{BUILDS_INSIDE}/.cache")
-        self._remove(work)
-        for folder in (work, work / "tmp", work / CONTEXT, cache):
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chown(folder, BUILD_UID, BUILD_UID)
-        (work / "image.def").write_text(definition)
-        for rel, step_file in files.items():
-            target = work / CONTEXT / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(step_file.data)
-            target.chmod(0o755 if step_file.executable else 0o644)
-        for path in [work, *work.rglob("*")]:
-            os.chown(path, BUILD_UID, BUILD_UID, follow_symlinks=False)
-        argv = self.tree.command(
-            ["apptainer", "build", "--fakeroot", "image.sif", "image.def"], cwd=inside,
-            env={"APPTAINER_TMPDIR": f"{inside}/tmp", "APPTAINER_CACHEDIR": f"{BUILDS_INSIDE}/.cache"},  # noqa: S108
-        )
+        request = pack_request(definition, {rel: (f.data, f.executable) for rel, f in files.items()})
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = log_file.parent / f".{key}.sif"
+        argv = [*self._helper_argv(), key, str(max(1, math.ceil(self.timeout)))]
         try:
-            code, errors = self._run(argv, log_file, on_process)
-            if code != 0:
-                detail = "\n".join(errors[-12:]) or f"apptainer exited {code}"
-                raise BuildFailed(f"the image build failed:\n{detail}", reason=detail, exit_code=code)
-            sif = work / "image.sif"
-            if not sif.exists():
-                raise BuildFailed("apptainer reported success but wrote no image.sif")
-            out = work.with_name(f"{key}.sif")
-            sif.rename(out)
-            return out
-        finally:
-            self._remove(work)
+            code, errors, said = self._run(argv, request, out, log_file, on_process)
+            self._raise_for(code, errors, said)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        return out
 
-    def _run(self, argv: list[str], log_file: Path, on_process: Callable[[int], None] | None) -> tuple[int, list[str]]:
-        """Run, streaming redacted lines to the log; kill the process group on timeout."""
+    def _raise_for(self, code: int, errors: list[str], said: list[str]) -> None:
+        """The helper's exit code as the build's outcome."""
+        if code == Exit.BUILT:
+            return
+        if code == Exit.FAILED:
+            detail = "\n".join(errors[-12:]) or "apptainer failed"
+            raise BuildFailed(f"the image build failed:\n{detail}", reason=detail, exit_code=code)
+        if code == Exit.TIMEOUT:
+            raise BuildFailed(f"the image build did not finish within {self.timeout:.0f}s and was stopped",
+                              reason="timeout")
+        if code == Exit.CANCELLED:
+            raise BuildFailed("the image build was cancelled", reason="cancelled")
+        last = said[-1] if said else f"exit {code}"
+        raise BuilderUnavailable(f"the image build helper refused the build: {last}",
+                                 hint="see `waas images builder` for what the builder needs")
+
+    def _run(self, argv: list[str], request: bytes, out: Path, log_file: Path,
+             on_process: Callable[[int], None] | None) -> tuple[int, list[str], list[str]]:
+        """Run the helper: the request in, the SIF to ``out``, redacted lines to the log."""
         errors: list[str] = []
+        said: list[str] = []  # the last few lines, for a refusal's reason
         redactor = Redactor()
-        with log_file.open("a", buffering=1, errors="replace") as log:
+        with log_file.open("a", buffering=1, errors="replace") as log, out.open("wb") as sif:
             log.write(f"# build started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=sif, stderr=subprocess.PIPE,
                                     start_new_session=True, env={"PATH": os.defpath + ":/usr/sbin:/sbin"})
+            assert proc.stdin is not None and proc.stderr is not None
             if on_process is not None:
                 on_process(proc.pid)
-            timed_out = threading.Event()
-
-            def kill_on_timeout() -> None:
-                if proc.poll() is None:
-                    timed_out.set()
-                    kill_group(proc.pid)
-
-            timer = threading.Timer(self.timeout, kill_on_timeout)
-            timer.daemon = True
-            timer.start()
+            with contextlib.suppress(BrokenPipeError):  # refused early: its stderr says why
+                proc.stdin.write(request)
+                proc.stdin.flush()
+            # The helper stops the build at the timeout; closing stdin is the backstop (it cancels).
+            guard = threading.Timer(self.timeout + HELPER_GRACE_SECONDS, proc.stdin.close)
+            guard.daemon = True
+            guard.start()
             try:
-                assert proc.stdout is not None
-                for raw in proc.stdout:
+                for raw in proc.stderr:
                     line = redactor(raw.decode(errors="replace"))
                     log.write(line)
+                    said = [*said[-4:], line.strip()]
                     if _ERROR_LINE.match(line.strip()):
                         errors.append(line.rstrip())
                 code = proc.wait()
             finally:
-                timer.cancel()
-            if timed_out.is_set():
-                log.write(f"# build killed after {self.timeout:.0f}s\n")
-                raise BuildFailed(f"the image build did not finish within {self.timeout:.0f}s and was stopped",
-                                  reason="timeout")
-            log.write(f"# build ended with exit code {code}\n")
-        return code, errors
-
-    def _remove(self, path: Path) -> None:
-        # The tree is not mounted on the host side, so this never reaches beyond the folder.
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def kill_group(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM a build's process group, then SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+                guard.cancel()
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        return code, errors, said

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from hpcwaas.client import ApiError, Client
 from hpcwaas.settings import get_settings
 from hpcwaas.stack.info import StackInfo, load_stack_info
 from hpcwaas.stack.process import port_open, read_pid, wait_until
+from hpcwaas.stack.site_users import GATEWAY_USER
 
 console = Console()
 PORT = 18000
@@ -59,19 +61,55 @@ def step(n: int, text: str) -> None:
 
 
 def gateway_env(stack: StackInfo) -> dict[str, str]:
-    """The demo gateway's settings: SQLite under the stack dir, the persistent (raft) OpenBao."""
+    """The demo gateway's settings: SQLite under its own folder, the persistent (raft) OpenBao."""
     vault = stack.vault("raft")
     home = stack.stack_dir / "demo-gateway"
     return {
         **os.environ,
+        "HOME": str(home),
         "HPCWAAS_HOME": str(home),
         "HPCWAAS_VAULT_ADDR": vault.addr,
-        "HPCWAAS_VAULT_TOKEN_FILE": str(vault.gateway_token_file),
+        "HPCWAAS_VAULT_TOKEN_FILE": str(home / "vault-token"),
         "HPCWAAS_VAULT_MOUNT": vault.mount,
+        "HPCWAAS_AIRFLOW_PASSWORD_FILE": str(home / "airflow.password"),
         "HPCWAAS_BIND_PORT": str(PORT),
         "HPCWAAS_PUBLIC_URL": URL,
         "HPCWAAS_URL": URL,
     }
+
+
+def gateway_user() -> pwd.struct_passwd | None:
+    """Who the gateway runs as: the unprivileged ``hpcwaas`` user when the demo is root's, else the caller."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(GATEWAY_USER)
+    except KeyError as exc:
+        raise SystemExit(f"the gateway's user {GATEWAY_USER} does not exist: run `make install` "
+                         "(scripts/install-system.sh creates it)") from exc
+
+
+def _as_gateway(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """Popen arguments that run a process as the gateway's user, with no other groups."""
+    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def hand_over(stack: StackInfo, user: pwd.struct_passwd | None) -> None:
+    """Give the gateway its folder and what the operator hands it: a copy of its Vault token and
+    of the Airflow password (the stack's own files stay root's)."""
+    home = stack.stack_dir / "demo-gateway"
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)  # its database and log are the gateway's alone
+    airflow = stack.airflow
+    for source, name in [(stack.vault("raft").gateway_token_file, "vault-token"),
+                         (airflow.password_file if airflow else None, "airflow.password")]:
+        if source is not None:
+            target = home / name
+            with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                fh.write(source.read_text())
+    if user is not None:
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
 def _code_fingerprint() -> str:
@@ -88,8 +126,8 @@ def _code_fingerprint() -> str:
 def start_gateway(stack: StackInfo) -> None:
     """Start ``waas admin serve`` in the background (reused when it already answers)."""
     run_dir = stack.stack_dir / "demo-gateway"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.chmod(0o700)  # its database and log are the gateway's alone
+    user = gateway_user()
+    hand_over(stack, user)
     pid_file, log_file = run_dir / "gateway.pid", run_dir / "gateway.log"
     pid = read_pid(pid_file)
     code, code_file = _code_fingerprint(), run_dir / "gateway.code"
@@ -105,7 +143,8 @@ def start_gateway(stack: StackInfo) -> None:
     with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hpcwaas.cli", "admin", "serve"],
-            env=gateway_env(stack), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=gateway_env(stack), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir,
+            **_as_gateway(user),
         )
     pid_file.write_text(f"{proc.pid}\n")
     code_file.write_text(code)
@@ -113,7 +152,9 @@ def start_gateway(stack: StackInfo) -> None:
     wait_until(lambda: port_open("127.0.0.1", PORT) or proc.poll() is not None, 60, "the gateway to listen")
     if proc.poll() is not None:
         raise SystemExit(f"the gateway exited at start; see {log_file}")
-    console.print(f"   gateway started (pid {proc.pid}) on {URL} in {time.monotonic() - t0:.1f} s; log: {log_file}")
+    who = user.pw_name if user else pwd.getpwuid(os.geteuid()).pw_name
+    console.print(f"   gateway started (pid {proc.pid}, user {who}) on {URL} in {time.monotonic() - t0:.1f} s; "
+                  f"log: {log_file}")
 
 
 def stop_gateway(stack_dir: Path) -> None:
@@ -126,7 +167,8 @@ def stop_gateway(stack_dir: Path) -> None:
 def waas(stack: StackInfo, *args: str) -> Any:
     """Run the ``waas`` CLI with the demo gateway's settings and return its JSON output."""
     out = subprocess.run([sys.executable, "-m", "hpcwaas.cli", "--json", *args], env=gateway_env(stack),
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, cwd=stack.stack_dir / "demo-gateway",
+                         **_as_gateway(gateway_user()))
     if out.returncode != 0:
         raise SystemExit(f"waas {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -150,7 +192,7 @@ def main() -> None:
     t_start = time.monotonic()
     console.print(Panel.fit("hpcwaas demo: a scientist runs a Slurm job through the gateway", style="bold"))
 
-    step(1, "Start the gateway (SQLite database, persistent OpenBao)")
+    step(1, f"Start the gateway as the unprivileged user {GATEWAY_USER} (SQLite database, persistent OpenBao)")
     start_gateway(stack)
 
     step(2, "Operator: bootstrap the first admin (waas admin bootstrap)")

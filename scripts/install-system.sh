@@ -15,9 +15,11 @@ PACKAGES=(
     procps iproute2 ca-certificates
     bubblewrap  # the sandbox untrusted Ansible runs in (deployer/sandbox.py)
     debootstrap  # the Apptainer builder: a Debian sid tree (hpcwaas/stack/apptainer.py)
+    sudo  # the unprivileged gateway's one way to root: the image build helper (containers/build_helper.py)
     chromium  # headless browser for the catalogue's web-page tests (driven by Playwright)
 )
 SITE_USERS=(sciuser1 sciuser2)
+GATEWAY_USER=hpcwaas  # the gateway runs as this system user, never as root (docs/security.md)
 
 log() { printf '[install-system] %s\n' "$*"; }
 
@@ -68,3 +70,16 @@ for user in "${SITE_USERS[@]}"; do
     install -d -m 700 -o "$user" -g "$group" "$home/.ssh"
 done
 log "site users ready: ${SITE_USERS[*]}"
+
+if ! id -u "$GATEWAY_USER" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir /var/lib/hpcwaas --create-home --shell /usr/sbin/nologin "$GATEWAY_USER"
+    log "created the gateway's user $GATEWAY_USER"
+fi
+# The gateway's user runs the project's Python: every folder above the interpreter must let it
+# through (pyenv installs under /root, which is 0700). Traverse only (o+x), never read.
+python=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+dir=$(dirname "$python")
+while [[ $dir != / ]]; do
+    [[ $(stat -c %A "$dir") == *x ]] || { chmod o+x "$dir"; log "o+x on $dir (the gateway's user runs $python)"; }
+    dir=$(dirname "$dir")
+done

@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 from hpcwaas.stack.base import ProcessStatus, Service, register
 from hpcwaas.stack.info import ApptainerInfo, StackInfo
 from hpcwaas.stack.process import Daemon, StackError, ensure_dir, run, tail, write_file
+from hpcwaas.stack.site_users import GATEWAY_USER
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "sid"
@@ -43,6 +45,10 @@ BUILDS_INSIDE = "/build"
 # What the site wrapper shows of the host inside the tree (both exist in a debootstrapped tree).
 SITE_BINDS = ("/home", "/tmp")  # noqa: S108 - bind-mounted into the tree, not written to
 SITE_COMMAND = Path("/usr/local/bin/apptainer")
+# The build helper (containers/build_helper.py) as a root-owned command with the builder folder
+# fixed, and the sudo rule that lets the gateway's user, and no one else, run it.
+IMAGE_BUILD_HELPER = Path("/usr/local/libexec/hpcwaas-image-build")
+SUDO_RULE = Path("/etc/sudoers.d/hpcwaas-image-build")
 PREPARE_TIMEOUT = 1200.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -178,6 +184,7 @@ class Apptainer(Service):
         if not reused:
             self._prepare()
         self._install_wrapper()
+        self._install_build_helper()
         return reused
 
     def _prepare(self) -> None:
@@ -234,6 +241,27 @@ class Apptainer(Service):
         if not SITE_COMMAND.exists() and not SITE_COMMAND.is_symlink():
             ensure_dir(SITE_COMMAND.parent, 0o755)
             SITE_COMMAND.symlink_to(self.wrapper)
+
+    def _install_build_helper(self) -> None:
+        """The helper the unprivileged gateway builds through, and its sudo rule (when sudo is here)."""
+        python = Path(sys.executable)
+        text = (f"#!/bin/sh\n# Written by hpcwaas.stack (apptainer service): the image build helper, whose contract\n"
+                f"# is in containers/build_helper.py. The builder folder is fixed here, not by the caller.\n"
+                f"exec {shlex.quote(str(python))} -I -m containers.build_helper {shlex.quote(str(self.dir))} \"$@\"\n")
+        ensure_dir(IMAGE_BUILD_HELPER.parent, 0o755)
+        if not IMAGE_BUILD_HELPER.exists() or IMAGE_BUILD_HELPER.read_text() != text:
+            write_file(IMAGE_BUILD_HELPER, text, 0o755)
+        if shutil.which("visudo") is None:
+            return  # no sudo: only root can build (Builder.status says so)
+        rule = (f"# Written by hpcwaas.stack: the gateway's user may run the image build helper as root.\n"
+                f"Defaults!{IMAGE_BUILD_HELPER} !use_pty, !syslog\n"
+                f"{GATEWAY_USER} ALL=(root) NOPASSWD: {IMAGE_BUILD_HELPER}\n")
+        if SUDO_RULE.exists() and SUDO_RULE.read_text() == rule:
+            return
+        staged = SUDO_RULE.with_name(".hpcwaas-image-build.new")
+        write_file(staged, rule, 0o440)
+        run(["visudo", "-cq", "-f", str(staged)], what="visudo (the image build helper's sudo rule)")
+        staged.rename(SUDO_RULE)
 
     def site_command(self) -> Path:
         """What site users run: the /usr/local/bin link when it is ours, else the wrapper itself."""

@@ -1,4 +1,5 @@
-"""The site's Unix accounts (created by scripts/install-system.sh) and their authorized_keys."""
+"""The stack's Unix accounts (created by scripts/install-system.sh): the site's users, with their
+authorized_keys, and the unprivileged user the gateway runs as."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from hpcwaas.stack.process import INSTALL_HINT, StackError, run
 
 SITE_USERS = ("sciuser1", "sciuser2")
+GATEWAY_USER = "hpcwaas"  # the gateway's own system user: never root, never a site user
 
 
 @dataclass(frozen=True)

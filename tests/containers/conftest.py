@@ -7,19 +7,22 @@ uses, which is exactly a cache hit for the code under test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from containers.builder import Builder
-from containers.service import ImageRef, ensure_image
+from containers.service import ImageRef
 from containers.store import ImageStore
-from hpcwaas.settings import Settings
 from hpcwaas.stack.info import StackInfo
+from hpcwaas.stack.site_users import GATEWAY_USER
+from tests.fixtures.gateway_user import gateway_owned_dir, give, run_as_gateway
 
 HELLO_SPEC = """\
 name: hello
@@ -63,16 +66,36 @@ class BuiltImage:
     seconds: float
 
 
+_BUILD_AS_GATEWAY = """
+import json, sys
+from pathlib import Path
+from containers.service import ensure_image
+from hpcwaas.settings import Settings
+step, store, builder = map(Path, sys.argv[1:4])
+ref = ensure_image(step / "image.yaml", settings=Settings(images_dir=store, builder_dir=builder,
+                                                         image_build_timeout=900))
+print(json.dumps({"id": ref.id, "built": ref.built}))
+"""
+
+
 @pytest.fixture(scope="session")
-def hello_image(builder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    """The hello image, really built once with apptainer (the suite's only successful build)."""
-    step = tmp_path_factory.mktemp("hello-step")
-    spec = write_hello_step(step)
-    store_dir = tmp_path_factory.mktemp("image-store")
-    settings = Settings(images_dir=store_dir, builder_dir=builder_dir, image_build_timeout=900)
-    began = time.monotonic()
-    ref = ensure_image(spec, settings=settings)
-    return BuiltImage(ref, ImageStore(store_dir), step, time.monotonic() - began)
+def hello_image(builder_dir: Path) -> Iterator[BuiltImage]:
+    """The hello image, really built once with apptainer (the suite's only successful build), by
+    the gateway's unprivileged user through the build helper and its sudo rule, as the gateway
+    builds in the demo and in production."""
+    with gateway_owned_dir("hpcwaas-hello-") as folder:
+        step, store_dir = folder / "step", folder / "store"
+        write_hello_step(step)
+        give(folder)
+        began = time.monotonic()
+        out = run_as_gateway(_BUILD_AS_GATEWAY.replace("sys.argv[1:4]", repr([str(step), str(store_dir),
+                                                                               str(builder_dir)])),
+                             cwd=folder)
+        assert out.returncode == 0, f"the build as {GATEWAY_USER} failed:\n{out.stderr[-3000:]}"
+        built = json.loads(out.stdout.strip().splitlines()[-1])
+        store = ImageStore(store_dir)
+        ref = ImageRef(built["id"], store.sif(built["id"]), built["built"])
+        yield BuiltImage(ref, store, step, time.monotonic() - began)
 
 
 def seed(target: ImageStore, image: BuiltImage) -> None:
