@@ -24,6 +24,8 @@ from data_logistics.errors import AirflowError, AirflowUnavailable, PipelineNotF
 from hpcwaas.settings import Settings
 
 TERMINAL = {"success", "failed"}
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts at a repeatable call
+UNAVAILABLE_HINT = "an operator should check that Airflow's API server runs and HPCWAAS_AIRFLOW_URL points at it"
 TASK_ID = "transfer"
 
 
@@ -70,7 +72,7 @@ class AirflowClient:
         except OSError as exc:
             raise AirflowUnavailable(
                 f"cannot read the Airflow password file {path}",
-                hint="set HPCWAAS_AIRFLOW_PASSWORD_FILE, or start the stack (python -m hpcwaas.stack up)",
+                hint="an operator should set HPCWAAS_AIRFLOW_PASSWORD_FILE to a file the gateway can read",
             ) from exc
         return cls(settings.airflow_url, settings.airflow_username, password)
 
@@ -86,11 +88,8 @@ class AirflowClient:
     # ------------------------------------------------------------------ plumbing
 
     def _login(self) -> str:
-        try:
-            resp = self._http.post("/auth/token", json={"username": self._username, "password": self._password})
-        except httpx.HTTPError as exc:
-            raise AirflowUnavailable(f"Airflow does not answer at {self.url}: {exc}",
-                                     hint="start it: python -m hpcwaas.stack up") from exc
+        """A token for the API (transport errors are the caller's to retry)."""
+        resp = self._http.post("/auth/token", json={"username": self._username, "password": self._password})
         if resp.status_code >= 400:
             raise AirflowUnavailable(f"Airflow refused our credentials (HTTP {resp.status_code})",
                                      hint="check HPCWAAS_AIRFLOW_USERNAME and HPCWAAS_AIRFLOW_PASSWORD_FILE")
@@ -98,24 +97,35 @@ class AirflowClient:
         return token
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        for attempt in (1, 2):
-            if self._token is None:
-                self._token = self._login()
-            headers = {"Authorization": f"Bearer {self._token}", **kw.pop("headers", {})}
+        """One API call; a moment's fault (Airflow restarting, a database conflict answered 5xx)
+        is retried with backoff when repeating the call is safe: always for reads, updates and
+        deletes, and for a POST only when it never reached Airflow."""
+        relogged = False
+        for pause in (*RETRY_PAUSES, None):
             try:
-                resp = self._http.request(method, path, headers=headers, **kw)
+                if self._token is None:
+                    self._token = self._login()
+                headers = {"Authorization": f"Bearer {self._token}", **kw.get("headers", {})}
+                resp = self._http.request(method, path, **{**kw, "headers": headers})
             except httpx.HTTPError as exc:
-                raise AirflowUnavailable(f"Airflow does not answer at {self.url}: {exc}",
-                                         hint="start it: python -m hpcwaas.stack up") from exc
-            if resp.status_code in (401, 403) and attempt == 1:
-                self._token = None  # expired or rotated: log in again once
+                repeatable = method != "POST" or isinstance(exc, httpx.ConnectError)
+                if pause is not None and repeatable:
+                    time.sleep(pause)
+                    continue
+                raise AirflowUnavailable(f"the Airflow API server at {self.url} does not answer: {exc}",
+                                         hint=UNAVAILABLE_HINT) from exc
+            if resp.status_code in (401, 403) and not relogged:
+                self._token, relogged = None, True  # expired or rotated: log in again once
+                continue
+            if resp.status_code >= 500 and method != "POST" and pause is not None:
+                time.sleep(pause)
                 continue
             if resp.status_code == 404:
                 raise PipelineNotFound(f"Airflow has no {path.removeprefix('/api/v2/')}", path=path)
             if resp.status_code >= 400:
                 raise AirflowError(f"Airflow answered {resp.status_code} to {method} {path}: {resp.text[:500]}")
             return resp
-        raise AirflowUnavailable("Airflow keeps refusing our token")
+        raise AirflowUnavailable("Airflow keeps refusing our token or failing", hint=UNAVAILABLE_HINT)
 
     @staticmethod
     def _run_path(dag_id: str, run_id: str) -> str:

@@ -16,10 +16,12 @@ PACKAGES=(
     bubblewrap  # the sandbox untrusted Ansible runs in (deployer/sandbox.py)
     debootstrap  # the Apptainer builder: a Debian sid tree (hpcwaas/stack/apptainer.py)
     sudo  # the unprivileged gateway's one way to root: the image build helper (containers/build_helper.py)
+    uidmap  # newuidmap/newgidmap: each sandbox of the unprivileged gateway runs as a uid of its own
     chromium  # headless browser for the catalogue's web-page tests (driven by Playwright)
 )
 SITE_USERS=(sciuser1 sciuser2)
 GATEWAY_USER=hpcwaas  # the gateway runs as this system user, never as root (docs/security.md)
+GATEWAY_SUBIDS=62000-62999  # its sandboxes' uids (deployer/sandbox.py; root's pool is 61000-61999)
 
 log() { printf '[install-system] %s\n' "$*"; }
 
@@ -74,6 +76,11 @@ log "site users ready: ${SITE_USERS[*]}"
 if ! id -u "$GATEWAY_USER" >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/hpcwaas --create-home --shell /usr/sbin/nologin "$GATEWAY_USER"
     log "created the gateway's user $GATEWAY_USER"
+fi
+if ! grep -q "^$GATEWAY_USER:${GATEWAY_SUBIDS%-*}:" /etc/subuid 2>/dev/null \
+        || ! grep -q "^$GATEWAY_USER:${GATEWAY_SUBIDS%-*}:" /etc/subgid 2>/dev/null; then
+    usermod --add-subuids "$GATEWAY_SUBIDS" --add-subgids "$GATEWAY_SUBIDS" "$GATEWAY_USER"
+    log "subordinate ids $GATEWAY_SUBIDS for $GATEWAY_USER (one per sandboxed run)"
 fi
 # The gateway's user runs the project's Python: every folder above the interpreter must let it
 # through (pyenv installs under /root, which is 0700). Traverse only (o+x), never read.

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,46 @@ from hpcwaas.ssh import SSHCredential
 from tosca import TOSCA_DIR
 
 _RUNNER = str(Path(sys.executable).parent / "ansible-runner")
-# Start the run's own agent, load the key from stdin, then run ansible-runner ($0: the private
-# data dir, $1: the playbook). The agent dies with the sandbox's PID namespace.
+# Inside the run, as its uid: start ansible-runner, relay its job events (files only the run's
+# uid may read) to stdout as JSON lines in order, then one line with the run's status and the
+# tail of its output, and exit with the runner's exit code. argv: the private data dir, the playbook.
+_RELAY = r"""
+import glob, json, os, subprocess, sys, time
+private, playbook = sys.argv[1:3]
+runner = subprocess.Popen([os.environ["HPCWAAS_RUNNER"], "run", "-q", "--ident", "run", "-p", playbook, private],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+folder = os.path.join(private, "artifacts", "run")
+counter = 1
+def relay():
+    global counter
+    while found := glob.glob(os.path.join(folder, "job_events", f"{counter}-*.json")):
+        try:
+            with open(found[0]) as fh:
+                event = json.load(fh)
+        except (OSError, ValueError):
+            return  # still being written
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+        counter += 1
+def read(name):
+    try:
+        with open(os.path.join(folder, name), errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+while runner.poll() is None:
+    relay()
+    time.sleep(0.2)
+relay()
+end = {"hpcwaas_end": True, "status": read("status").strip(), "stdout": read("stdout")[-1500:]}
+sys.stdout.write(json.dumps(end) + "\n")
+sys.exit(runner.returncode)
+"""
+# Start the run's own agent, load the key from stdin, then the relay ($0: the private data dir,
+# $1: the playbook). The agent dies with the sandbox's PID namespace.
 _WITH_AGENT = ('ssh-agent -a "$SSH_AUTH_SOCK" >/dev/null && ssh-add -q - 2>/dev/null '
-               '&& exec "$HPCWAAS_RUNNER" run -q --ident run -p "$1" "$0"')
-_WITHOUT_AGENT = 'exec "$HPCWAAS_RUNNER" run -q --ident run -p "$1" "$0"'
-_POLL = 0.2
+               '&& exec "$HPCWAAS_PYTHON" -c "$HPCWAAS_RELAY" "$0" "$1"')
+_WITHOUT_AGENT = 'exec "$HPCWAAS_PYTHON" -c "$HPCWAAS_RELAY" "$0" "$1"'
 _GRACE = 30.0  # beyond the operation's own timeout, for ansible-runner to wind down
 
 
@@ -115,29 +150,28 @@ def _box(sandboxed: bool) -> Iterator[_Box]:
 
 
 class _Events:
-    """ansible-runner's job events, read from its artifact folder as they appear."""
+    """ansible-runner's job events, as the run relays them (JSON lines on its stdout)."""
 
-    def __init__(self, folder: Path, request: OperationRequest, hooks: RunHooks) -> None:
-        self.folder, self.request, self.hooks = folder, request, hooks
-        self.next = 1
+    def __init__(self, request: OperationRequest, hooks: RunHooks) -> None:
+        self.request, self.hooks = request, hooks
         self.failures: list[tuple[str, str]] = []
         self.stats: dict[str, Any] = {}
+        self.status = ""  # ansible-runner's own word: successful, failed, timeout...
+        self.stdout = ""  # the tail of ansible's output, for a failure nothing else explains
         self.stderr = ""  # the sandbox's own error output (bwrap, ssh-agent), when nothing else says why
 
-    def _load(self, counter: int) -> dict[str, Any] | None:
-        matches = list(self.folder.glob(f"{counter}-*.json")) if self.folder.is_dir() else []
-        for match in matches:
-            try:
-                return dict(json.loads(match.read_text()))
-            except (OSError, ValueError):
-                return None  # still being written: read it on the next pass
-        return None
-
-    def drain(self) -> None:
-        """Handle every complete event not handled yet, in order."""
-        while (event := self._load(self.next)) is not None:
-            self.next += 1
-            self._handle(event)
+    def feed(self, raw: bytes) -> None:
+        """Handle one line of the relay (a line that is not an event is the run's own noise)."""
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("hpcwaas_end") is True:
+            self.status, self.stdout = str(event.get("status") or ""), str(event.get("stdout") or "")
+            return
+        self._handle(event)
 
     def _handle(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
@@ -239,8 +273,8 @@ class AnsibleExecutor:
         assert impl is not None and impl.path is not None
         argv = ["/bin/sh", "-c", _WITH_AGENT if with_agent else _WITHOUT_AGENT, str(box.run_dir),
                 str(box.path(impl.path))]
-        env = {"HPCWAAS_RUNNER": _RUNNER, "SSH_AUTH_SOCK": str(box.run_dir / "agent.sock"),
-               "HOME": str(box.run_dir / "home")}
+        env = {"HPCWAAS_RUNNER": _RUNNER, "HPCWAAS_PYTHON": sys.executable, "HPCWAAS_RELAY": _RELAY,
+               "SSH_AUTH_SOCK": str(box.run_dir / "agent.sock"), "HOME": str(box.run_dir / "home")}
         if box.box is None:
             return ["env", "-i", f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
                     *(f"{k}={v}" for k, v in env.items()), *argv]
@@ -254,15 +288,13 @@ class AnsibleExecutor:
         try:
             with _box(request.sandbox) as box:
                 key = self._prepare(request, box)
-                events = _Events(box.run_dir / "artifacts" / "run" / "job_events", request, hooks)
+                events = _Events(request, hooks)
                 started = time.perf_counter()
                 rc = self._execute(self._command(request, box, key is not None), key, events,
                                    (impl.timeout or 0) + _GRACE if impl.timeout else None)
                 elapsed = time.perf_counter() - started
-                events.drain()
-                status = _read(box.run_dir / "artifacts" / "run" / "status")
-                if status != "successful" or rc != 0:
-                    raise self._failure(request, events, rc, status, box.run_dir)
+                if events.status != "successful" or rc != 0:
+                    raise self._failure(request, events, rc)
         except sandboxes.SandboxError as exc:
             raise _fail(request, exc.message, hint=exc.hint) from exc
         return OperationResult(attributes=dict(events.stats), outputs=dict(events.stats), executor_seconds=elapsed)
@@ -272,41 +304,36 @@ class AnsibleExecutor:
         # Same process group as the caller: killing the deployer takes the run with it (and the
         # sandbox dies with its parent).
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
-            assert proc.stdin is not None
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            assert proc.stdin is not None and proc.stdout is not None
             try:
                 if key is not None:
                     proc.stdin.write(key.encode())
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the sandbox died before reading: its exit status says why
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while proc.poll() is None:
-                events.drain()
-                if deadline is not None and time.monotonic() > deadline:
-                    proc.kill()
-                    break
-                time.sleep(_POLL)
-            proc.wait()
+            killer = threading.Timer(timeout, proc.kill) if timeout is not None else None
+            if killer is not None:
+                killer.daemon = True
+                killer.start()
+            try:
+                for raw in proc.stdout:
+                    events.feed(raw)
+                proc.wait()
+            finally:
+                if killer is not None:
+                    killer.cancel()
             errors.seek(0)
             events.stderr = errors.read()[-1500:].decode(errors="replace")
         return proc.returncode
 
     @staticmethod
-    def _failure(request: OperationRequest, events: _Events, rc: int, status: str, run_dir: Path) -> OperationError:
+    def _failure(request: OperationRequest, events: _Events, rc: int) -> OperationError:
         if events.failures:
             task, msg = events.failures[-1]
             return _fail(request, msg, task=task, host=request.host.label)
-        tail = (_read(run_dir / "artifacts" / "run" / "stdout") or events.stderr)[-1500:]
-        msg = f"ansible-playbook exited {rc} ({status or 'did not start'})"
+        tail = (events.stdout.strip() or events.stderr)[-1500:]
+        msg = f"ansible-playbook exited {rc} ({events.status or 'did not start'})"
         if tail.strip():
             msg += f": {request.mask(tail.strip())}"
         return _fail(request, msg, host=request.host.label)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
