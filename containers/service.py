@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -290,8 +291,9 @@ class BuildWorker:
         """Stop claiming; builds in flight keep their lease until it expires (then resume elsewhere)."""
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout  # one budget for all threads: shutdown stays bounded
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def wake(self) -> None:
         self._wake.set()

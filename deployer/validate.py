@@ -12,20 +12,17 @@ type, the field, and the YAML line.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import re
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from deployer import constraints
+from deployer import constraints, tosca_parser
 from deployer.errors import FunctionError, InputError, Issue, TemplateError
 from deployer.functions import Context, Evaluator, function_name
 from deployer.loader import Package, YamlDocument, read_yaml, resolve_inside
@@ -65,7 +62,6 @@ _BY_EXTENSION = {
     ".py": "tosca.artifacts.Implementation.Python",
 }
 _INTERFACE_KEYS = frozenset({"type", "inputs", "notifications", "derived_from", "description", "operations"})
-_TOSCA_LOCK = threading.Lock()  # tosca-parser's ExceptionCollector is process-global
 
 log = logging.getLogger(__name__)
 
@@ -296,39 +292,33 @@ def _value_at(data: Any, path: tuple[str | int, ...]) -> Any:
     return data
 
 
-@contextlib.contextmanager
-def _quiet_parser() -> Iterator[None]:
-    """tosca-parser logs and prints errors itself; keep them out of our output."""
-    logger = logging.getLogger("tosca")
-    old = logger.level, logger.propagate
-    logger.setLevel(logging.CRITICAL + 1)
-    logger.propagate = False
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(old[0])
-        logger.propagate = old[1]
+def _check_type_cycles(chk: _Checker) -> None:
+    """A type that derives from itself (``x.A -> x.B -> x.A``), named once per cycle: tosca-parser
+    never finishes on one, and no chain of ours may loop."""
+    reported: set[frozenset[str]] = set()
+    for name, typedef in chk.registry.types.items():
+        path, current = [name], typedef.defs.get("derived_from")
+        while isinstance(current, str) and current in chk.registry.types:
+            if current in path:
+                cycle = [*path[path.index(current):], current]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    first = chk.registry.types[cycle[0]]
+                    chk.issues.append(Issue(f"type {cycle[0]} derives from itself: {' -> '.join(cycle)}",
+                                            file=first.display, line=first.line("derived_from"),
+                                            field="derived_from"))
+                break
+            path.append(current)
+            current = chk.registry.types[current].defs.get("derived_from")
 
 
 def _run_tosca_parser(chk: _Checker, data: dict[str, Any], params: Mapping[str, Any]) -> None:
-    from toscaparser.common.exception import ExceptionCollector, ValidationError
-    from toscaparser.tosca_template import ToscaTemplate
-
-    with _TOSCA_LOCK, _quiet_parser():
-        try:
-            ToscaTemplate(yaml_dict_tpl=data, parsed_params=dict(params))
-            return
-        except ValidationError:
-            report = ExceptionCollector.getExceptionsReport(full=False)
-            lines = [line for line in report if line.strip()]
-            if not lines:
-                lines = ["the template failed tosca-parser's validation"]
-        except Exception as exc:  # tosca-parser crashes on several bad inputs (see libraries notes)
-            report = ExceptionCollector.getExceptionsReport(full=False) if ExceptionCollector.exceptions else []
-            lines = [line for line in report if line.strip()] or [f"{type(exc).__name__}: {exc}"]
-        finally:
-            ExceptionCollector.clear()
+    """tosca-parser's findings, from a child process a time and memory limit end (untrusted work)."""
+    try:
+        lines = tosca_parser.report(data, params)
+    except tosca_parser.ParserStalled as exc:
+        chk.issues.append(Issue(f"{exc}; the template was refused", file=chk.entry))
+        return
     seen: set[str] = set()
     for line in lines:
         issue = _parser_issue(chk, line)
@@ -1085,6 +1075,8 @@ def load_topology(
     for doc, display, _path in imported:
         chk.registry.add_document(doc, display, package.root)
     chk.registry.add_document(main, chk.entry, package.root)
+    _check_type_cycles(chk)
+    chk.fail_if_issues()
 
     decls = _input_defs(topo_raw.get("inputs"), main, ("topology_template", "inputs"))
     _check_constraints(chk, decls, ("topology_template", "inputs"), "inputs")

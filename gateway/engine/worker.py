@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -51,11 +52,12 @@ class EngineWorker:
         log.info("engine worker %s started with %d threads", self.owner, self.threads)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout  # one budget for all threads: shutdown stays bounded
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def wake(self) -> None:
         """Look for due work now (a record was just created)."""

@@ -9,6 +9,8 @@ registering the same content again returns the existing version.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +20,8 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,6 +287,38 @@ def store_root(settings: Settings) -> Path:
     return root
 
 
+_STAGING = ".staging-"
+_STAGING_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _staging_folder(root: Path) -> Iterator[Path]:
+    """A private staging folder, locked (``flock``) while its registration runs and removed after;
+    one left by a process that died is removed by the next registration (:func:`sweep_staging`)."""
+    sweep_staging(root)
+    with tempfile.TemporaryDirectory(dir=root, prefix=_STAGING) as tmp, \
+            open(Path(tmp) / _STAGING_LOCK, "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield Path(tmp)
+
+
+def sweep_staging(root: Path) -> list[Path]:
+    """Remove the staging folders no living registration holds (their process died); return them."""
+    removed = []
+    for folder in root.glob(f"{_STAGING}*"):
+        try:
+            with open(folder / _STAGING_LOCK, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a registration in progress
+        except OSError:
+            if time.time() - folder.lstat().st_mtime < 60:
+                continue  # just made, its lock not yet taken
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def _record(db: Session, settings: Settings, actor: User, name: str, description: str | None,
             visibility: VisibilityIn | None, stage: Callable[[Path], Staged]) -> tuple[WorkflowVersion, bool]:
     """Stage, validate and record a version. Returns the version and whether it is new.
@@ -292,7 +327,7 @@ def _record(db: Session, settings: Settings, actor: User, name: str, description
     temporary and the final folder is removed if the commit fails.
     """
     root = store_root(settings)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".staging-") as tmp:
+    with _staging_folder(root) as tmp:
         staged = stage(Path(tmp) / "bundle")
         topology = validate_template(staged.path, check_inputs=False)
         _check_secrets_suppliable(topology)

@@ -7,6 +7,8 @@ import typer
 from hpcwaas.cli._common import console, emit, errors, save_config
 from hpcwaas.settings import get_settings
 
+SHUTDOWN_GRACE_SECONDS = 5
+
 app = typer.Typer(help="Run and administer the gateway (on the gateway's host).", no_args_is_help=True)
 
 
@@ -29,8 +31,10 @@ def serve(
             upgrade(settings.effective_database_url)
     gateway_app = create_app(settings)
     freeze_startup_heap()
+    # On SIGTERM, requests still open after a few seconds (a log stream, a long poll) are closed:
+    # the gateway stops within a bounded time whatever its clients do.
     uvicorn.run(gateway_app, host=host or settings.bind_host, port=port or settings.bind_port,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
 
 
 @app.command("db-upgrade")

@@ -51,6 +51,16 @@ topology_template:
     b: {type: tosca.nodes.Root, requirements: [{dependency: c}]}
     c: {type: tosca.nodes.Root, requirements: [{dependency: a}]}
 """}, "dependency cycle: a -> b -> c -> a", 5, "a"),
+    "type_derives_from_itself": ({"s.yaml": HEADER + """
+node_types:
+  x.A:
+    derived_from: x.B
+  x.B:
+    derived_from: x.A
+topology_template:
+  node_templates:
+    a: {type: x.A}
+"""}, "type x.A derives from itself: x.A -> x.B -> x.A", 5, None),
     "unknown_function": ({"s.yaml": HEADER + GOOD_NODES.replace("/tmp/x", "{get_nodes_of_type: x}")},
                          "unknown function 'get_nodes_of_type'", 8, "app"),
     "bad_function_reference": ({"s.yaml": HEADER + GOOD_NODES.replace("/tmp/x", "{get_property: [here, nope]}")},
@@ -194,3 +204,16 @@ def test_unknown_input_given(tmp_path: Path) -> None:
     with pytest.raises(TemplateError, match="unknown input 'nope'"):
         validate_template(tpl, {"nope": 1})
     assert InputError  # the same check raises InputError from the engine's API
+
+
+def test_tosca_parser_runs_under_limits_that_end_it() -> None:
+    """tosca-parser is untrusted work in a child process: past its time it is stopped, not waited for."""
+    from deployer import tosca_parser
+
+    data = {"tosca_definitions_version": "tosca_simple_yaml_1_3",
+            "topology_template": {"node_templates": {"a": {"type": "tosca.nodes.Root"}}}}
+    assert tosca_parser.report(data, {}) == []
+    with pytest.raises(tosca_parser.ParserStalled, match="did not finish within"):
+        tosca_parser.report(data, {}, timeout=0.01)
+    with pytest.raises(tosca_parser.ParserStalled, match="ran out of its 20 MiB"):
+        tosca_parser.report(data, {}, memory=20 * 1024 * 1024)

@@ -206,3 +206,43 @@ def test_a_site_credential_the_gateway_does_not_bind_is_refused(people: dict[str
     assert issue["file"].endswith("service.yaml") and issue["line"] == 18
     assert "{get_input: credential}" in err["message"] and "run_credential" in err["hint"]
     assert people["dave"].get(f"/workflows/cred-{unique}").status_code == 404
+
+
+_HOLD_STAGING = """
+import sys, time
+from pathlib import Path
+from gateway.services.workflows import _staging_folder
+with _staging_folder(Path(sys.argv[1])) as folder:
+    (folder / "bundle").mkdir()
+    print(folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_registration_that_died_leaves_no_staging_folder(people: dict[str, Person], settings: Settings,
+                                                          workflow_dir: Path, unique: str) -> None:
+    """A gateway killed mid-registration (kill -9) leaves its staging folder; the next registration
+    removes it, and never one a living registration holds."""
+    import signal
+    import sys
+
+    from gateway.services.workflows import store_root
+
+    root = store_root(settings)
+    holders = [subprocess.Popen([sys.executable, "-c", _HOLD_STAGING, str(root)], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    try:
+        dead, alive = (Path(h.stdout.readline().strip()) for h in holders if h.stdout is not None)
+        holders[0].send_signal(signal.SIGKILL)
+        holders[0].wait(10)
+        assert dead.is_dir() and dead.name.startswith(".staging-")
+        resp = people["dave"].post("/workflows", json={"name": f"staged-{unique}", "source": {"kind": "folder",
+                                                                                  "path": str(workflow_dir)}})
+        assert resp.status_code == 201, resp.text
+        assert not dead.exists(), "the dead registration's staging folder is still there"
+        assert alive.is_dir(), "a registration in progress lost its staging folder"
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(10)
+    assert [p.name for p in root.glob(".staging-*") if p != alive] == []

@@ -17,11 +17,13 @@ import contextlib
 import hashlib
 import json
 import shutil
+import signal
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,6 +197,7 @@ class CrashRig:
     url: str
     dataset: str
     airflow: AirflowClient
+    registry: Path
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +227,7 @@ def crash_rig(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo, vault_
             "format": "text/plain", "access": "restricted", "keywords": ["test"],
             "checksum_sha256": hashlib.sha256(TEXT.encode()).hexdigest(), "size_bytes": len(TEXT.encode())})
         assert resp.status_code == 201, resp.text
-        yield CrashRig(deployed, gateway, url, resp.json()["id"], AirflowClient.from_settings(Settings()))
+        yield CrashRig(deployed, gateway, url, resp.json()["id"], AirflowClient.from_settings(Settings()), registry)
     finally:
         group.kill_all()
         for key in deployed.keys if deployed else []:
@@ -278,6 +281,67 @@ def test_gateway_sigkilled_mid_execution_resumes_without_repeating(crash_rig: Cr
         assert recorded is not None and runs == [recorded["pipeline_run_id"]], (pipeline, runs, execution["steps"])
         assert sum(f"{pipeline} run" in line and "started" in line and "already" not in line for line in logs) == 1
     print(f"\n{phase}: killed, restarted and completed in {took:.1f} s")
+
+
+CYCLE = """tosca_definitions_version: tosca_simple_yaml_1_3
+node_types:
+  x.A: {derived_from: x.B}
+  x.B: {derived_from: x.A}
+topology_template:
+  node_templates:
+    a: {type: x.A}
+"""
+
+
+def test_a_type_cycle_is_refused_while_others_work_and_sigterm_ends_a_busy_gateway(crash_rig: CrashRig) -> None:
+    """tosca-parser never finishes on a type deriving from itself; the gateway names the cycle at
+    once, other registrations and executions go on meanwhile, and SIGTERM still stops it."""
+    rig = crash_rig
+    dave, alice = (rig.deployed.api(rig.deployed.people[who]) for who in ("dave", "alice"))
+    bad = rig.registry / f"cycle-{uuid.uuid4().hex[:6]}"
+    bad.mkdir()
+    (bad / "service.yaml").write_text(CYCLE)
+    good = rig.registry / f"good-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(rig.registry / rig.deployed.name, good)
+    execution_id = invoke(rig.deployed, {"dataset": rig.dataset, "nap": 1})
+    began = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        refused = [pool.submit(dave.post, "/workflows", json={"name": f"{bad.name}-{i}",
+                                                              "source": {"kind": "folder", "path": str(bad)}})
+                   for i in range(3)]
+        accepted = pool.submit(dave.post, "/workflows", json={"name": good.name,
+                                                              "source": {"kind": "folder", "path": str(good)}})
+        for future in refused:
+            resp = future.result(timeout=20)
+            assert resp.status_code == 422 and "x.A -> x.B -> x.A" in resp.text, resp.text
+        assert accepted.result(timeout=20).status_code == 201, accepted.result().text
+    assert time.monotonic() - began < 10
+    execution = wait_for(lambda: alice.get(f"/executions/{execution_id}").json(), lambda e: e["state"] in TERMINAL,
+                         180, "the execution beside the refused registrations")
+    assert execution["state"] == "completed", execution["error"]
+
+    # Busy: a long job's live log stream stays open; SIGTERM ends the gateway within 10 s anyway.
+    busy = invoke(rig.deployed, {"dataset": rig.dataset, "nap": 30})
+    opened = threading.Event()
+
+    def follow() -> None:
+        with contextlib.suppress(httpx.HTTPError), alice.stream("GET", f"/executions/{busy}/logs/stream") as live:
+            opened.set()
+            for _ in live.iter_lines():
+                pass
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert opened.wait(10)
+    assert rig.gateway.popen is not None
+    rig.gateway.popen.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    rig.gateway.popen.wait(30)
+    assert time.monotonic() - stopping < 10, rig.gateway.log_tail()
+    rig.gateway.start()
+    wait_http(rig.url, rig.gateway)
+    execution = wait_for(lambda: alice.get(f"/executions/{busy}").json(), lambda e: e["state"] in TERMINAL, 180,
+                         "the busy execution after the restart")
+    assert execution["state"] == "completed", execution["error"]
 
 
 # -- 2. several workers on PostgreSQL; a dead worker's leases are taken over ----------------------
