@@ -181,6 +181,11 @@ class JobInfo:
     stdout_path: str | None = None
     stderr_path: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    tasks: list[JobInfo] = field(default_factory=list)  # an array job's tasks (``123_4``), in order
+
+    def task_states(self) -> list[dict[str, object]]:
+        """Each array task's id, state and exit code (empty for a plain job)."""
+        return [{"id": t.job_id, "state": t.state.value, "exit_code": t.exit_code} for t in self.tasks]
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,51 @@ def _fields(line: str) -> dict[str, str]:
     """``Key=Value`` pairs of one ``scontrol -o`` line (values may contain spaces)."""
     pairs = (tok.split("=", 1) for tok in re.split(r" (?=[A-Za-z:/]+=)", line.strip()) if "=" in tok)
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _live_info(fields: dict[str, str]) -> JobInfo:
+    """One line of ``scontrol show job -o``: a job, or one task (or the pending rest) of an array."""
+    exit_code, signal = _parse_exit(fields.get("ExitCode", ""))
+    array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+    return JobInfo(
+        job_id=f"{array}_{task}" if array and task else fields.get("JobId", ""),
+        state=JobState.parse(fields.get("JobState", "")),
+        exit_code=exit_code,
+        signal=signal,
+        reason=fields.get("Reason"),
+        name=fields.get("JobName"),
+        comment=fields.get("Comment"),
+        stdout_path=fields.get("StdOut"),
+        stderr_path=fields.get("StdErr"),
+    )
+
+
+def _task_order(info: JobInfo) -> tuple[int, str]:
+    first = info.job_id.partition("_")[2].split("-")[0].strip("[")
+    return (int(first) if first.isdigit() else 0, info.job_id)
+
+
+def _combined(job_id: str, infos: list[JobInfo]) -> JobInfo:
+    """The job ``job_id`` from its line(s): itself, or an array's tasks folded into one verdict."""
+    if len(infos) == 1 and "_" not in infos[0].job_id:
+        infos[0].job_id = job_id
+        return infos[0]
+    tasks = sorted(infos, key=_task_order)
+    busy = [t for t in tasks if not t.state.is_terminal]
+    bad = [t for t in tasks if t.state.is_terminal and (t.state is not JobState.COMPLETED or (t.exit_code or 0))]
+    if busy:
+        running = [t for t in busy if t.state is JobState.RUNNING]
+        verdict = (running or busy)[0]
+        reason = f"{len(tasks) - len(busy)} of the array's task lines done" + (f", {len(bad)} failed" if bad else "")
+    elif bad:
+        verdict = bad[0]
+        reason = f"{len(bad)} of {len(tasks)} array tasks did not complete: " + ", ".join(
+            f"{t.job_id} {t.state.value} (exit {t.exit_code})" for t in bad[:10])
+    else:
+        verdict, reason = tasks[0], None
+    return JobInfo(job_id=job_id, state=verdict.state, exit_code=verdict.exit_code, signal=verdict.signal,
+                   reason=reason, name=verdict.name, comment=verdict.comment, stdout_path=verdict.stdout_path,
+                   stderr_path=verdict.stderr_path, tasks=tasks)
 
 
 def check_job_id(job_id: str) -> str:
@@ -270,7 +320,7 @@ class Slurm:
         for line in live.stdout.splitlines():
             fields = _fields(line)
             if fields.get("Comment") == comment and fields.get("UserId", "").split("(")[0] == me:
-                ids.add(fields.get("JobId", ""))
+                ids.add(fields.get("ArrayJobId") or fields.get("JobId", ""))  # an array's tasks are one job
         acct = self.session.run(
             ["sacct", "-n", "-P", "-X", "--starttime=now-7days", "--format=JobID,Comment"], timeout=60
         )
@@ -278,38 +328,38 @@ class Slurm:
             for line in acct.stdout.splitlines():
                 jid, _, tag = line.partition("|")
                 if tag.strip() == comment:
-                    ids.add(jid.strip())
+                    ids.add(jid.strip().split("_")[0])
         ids.discard("")
-        return sorted(ids, key=lambda j: int(j.split("_")[0]))
+        return sorted(ids, key=int)
 
     def status(self, job_id: str) -> JobInfo:
-        """The job's state: live from scontrol, then from accounting once it has left the queue."""
+        """The job's state: live from scontrol, then from accounting once it has left the queue.
+
+        An array job is as good as its worst task: COMPLETED only when every task completed, else
+        the first failing task's state and exit code; running while any task is not done.
+        """
         check_job_id(job_id)
         live = self.session.run(["scontrol", "show", "job", "-o", job_id], timeout=60)
         if live.exit_code == 0 and live.stdout.strip():
-            fields = _fields(live.stdout.strip())
-            exit_code, signal = _parse_exit(fields.get("ExitCode", ""))
-            return JobInfo(
-                job_id=job_id,
-                state=JobState.parse(fields.get("JobState", "")),
-                exit_code=exit_code,
-                signal=signal,
-                reason=fields.get("Reason"),
-                name=fields.get("JobName"),
-                comment=fields.get("Comment"),
-                stdout_path=fields.get("StdOut"),
-                stderr_path=fields.get("StdErr"),
-            )
+            return _combined(job_id, [_live_info(_fields(line)) for line in live.stdout.splitlines() if line.strip()])
+        found = self.accounting(job_id)
+        if found is None:
+            raise SchedulerError(f"Slurm does not know job {job_id}", job_id=job_id)
+        return found
+
+    def accounting(self, job_id: str) -> JobInfo | None:
+        """The job as accounting records it (an array's tasks folded as :meth:`status` does)."""
         acct = self.session.run(
-            ["sacct", "-n", "-P", "-X", "-j", job_id, "--format=JobID,State,ExitCode,JobName,Comment"],
+            ["sacct", "-n", "-P", "-X", "-j", check_job_id(job_id), "--format=JobID,State,ExitCode,JobName,Comment"],
             timeout=60,
         )
+        found = []
         for line in acct.stdout.splitlines():
             jid, state, code, name, comment = [*line.split("|"), "", "", "", "", ""][:5]
-            if jid == job_id:
+            if jid == job_id or jid.startswith(f"{job_id}_"):
                 exit_code, signal = _parse_exit(code)
-                return JobInfo(job_id, JobState.parse(state), exit_code, signal, None, name, comment or None)
-        raise SchedulerError(f"Slurm does not know job {job_id}", job_id=job_id)
+                found.append(JobInfo(jid, JobState.parse(state), exit_code, signal, None, name, comment or None))
+        return _combined(job_id, found) if found else None
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job (no error if it already ended)."""

@@ -141,13 +141,17 @@ class SlurmJobExecutor:
             "stdout_tail": request.mask(stdout_tail[-4000:]),
             "stderr_tail": request.mask(stderr_tail[-4000:]),
         }
+        if info.tasks:  # an array: each task's state and exit code
+            attrs["tasks"] = info.task_states()
         if info.state != JobState.COMPLETED or (info.exit_code or 0) != 0:
             raise _fail(
                 request,
                 f"job {job_id} ended {info.state.value} with exit code {info.exit_code}"
+                + (f" ({info.reason})" if info.tasks and info.reason else "")
                 + (f": {request.mask(stderr_tail.strip()[-500:])}" if stderr_tail.strip() else ""),
                 stderr=request.mask(stderr_tail[-4000:]),
                 job_id=job_id,
+                **({"tasks": info.task_states()} if info.tasks else {}),
             )
         return OperationResult(attributes=attrs, outputs=attrs, executor_seconds=seconds)
 

@@ -65,3 +65,27 @@ def test_running_job_status_and_cancel(session: SSHSession) -> None:
         time.sleep(0.3)
     assert slurm.status(job_id).state is JobState.CANCELLED
     slurm.cancel(job_id)  # cancelling an ended job is not an error
+
+
+def test_an_array_whose_task_fails_is_not_completed(session: SSHSession) -> None:
+    """Seen: an array job whose second task failed was read back COMPLETED (the last scontrol line)."""
+    slurm = Slurm(session)
+    tag = f"hpcwaas:test:{uuid.uuid4().hex[:12]}"
+    script = ("#!/bin/sh\n#SBATCH --array=1-3\n#SBATCH --output=/home/sciuser2/array-%A_%a.out\n"
+              'echo "task $SLURM_ARRAY_TASK_ID"; [ "$SLURM_ARRAY_TASK_ID" != 2 ]\n')
+    job_id = slurm.submit(JobSpec(script=script, chdir="/home/sciuser2", comment=tag))
+    deadline = time.monotonic() + 60
+    while not (info := slurm.status(job_id)).state.is_terminal and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert info.state is JobState.FAILED and info.exit_code == 1, info
+    assert info.task_states() == [{"id": f"{job_id}_1", "state": "COMPLETED", "exit_code": 0},
+                                  {"id": f"{job_id}_2", "state": "FAILED", "exit_code": 1},
+                                  {"id": f"{job_id}_3", "state": "COMPLETED", "exit_code": 0}]
+    assert info.reason is not None and f"{job_id}_2 FAILED (exit 1)" in info.reason
+    assert slurm.find_by_comment(tag) == [job_id]  # one job, however many tasks
+    # The same verdict from accounting (what is left once the controller forgets the job).
+    deadline = time.monotonic() + 30
+    while (acct := slurm.accounting(job_id)) is None or len(acct.tasks) < 3:
+        assert time.monotonic() < deadline, "accounting never recorded the array's three tasks"
+        time.sleep(0.5)
+    assert acct.state is JobState.FAILED and acct.task_states() == info.task_states()
