@@ -199,9 +199,9 @@ class Client:
 
     def invoke(self, workflow: str, ssh_key: str, inputs: dict[str, Any] | None = None, *,
                deployment: str | None = None, site: str | None = None, login: str | None = None,
-               workflow_name: str = "execute") -> dict[str, Any]:
+               tosca_workflow: str = "execute") -> dict[str, Any]:
         body = {"inputs": inputs or {}, "ssh_key": ssh_key, "deployment": deployment, "site": site,
-                "login": login, "workflow_name": workflow_name}
+                "login": login, "tosca_workflow": tosca_workflow}
         return dict(self.request("POST", f"/workflows/{workflow}/executions", json=body))
 
     def list_executions(self, **filters: Any) -> list[dict[str, Any]]:

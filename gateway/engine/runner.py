@@ -272,7 +272,7 @@ class Runner:
                        "run_label": f"execution:{execution.id}", "deployment_id": deployment.id,
                        "site_id": site.id, "site": site.name, "ssh_key_id": execution.ssh_key_id,
                        "login": execution.login, "run_dir": run_dir}
-            workflow_name, workflow_inputs = execution.workflow_name, dict(execution.inputs)
+            workflow_name, workflow_inputs = execution.tosca_workflow, dict(execution.inputs)
         sink = LogSink(self.sessions, execution_id)
         store = DbStateStore(self.sessions, Execution, execution_id, self.owner, initial)
         try:

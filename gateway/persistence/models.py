@@ -268,7 +268,8 @@ class Execution(Leased, Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     ssh_key_id: Mapped[str] = mapped_column(String(32))
     login: Mapped[str] = mapped_column(String(64))
-    workflow_name: Mapped[str] = mapped_column(String(64), default="execute")  # the TOSCA workflow run
+    workflow_name: Mapped[str | None] = mapped_column(String(64))  # the registered workflow's name, as run
+    tosca_workflow: Mapped[str] = mapped_column(String(64), default="execute")  # the TOSCA workflow run
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[ExecutionState] = mapped_column(_enum(ExecutionState), default=ExecutionState.PENDING, index=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)

@@ -43,8 +43,8 @@ class ExecutionCreate(RequestModel):
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
     deployment: str | None = Field(default=None, description="Deployment id; else the newest on `site`.")
     site: SiteName | None = Field(default=None, description="Pick the workflow's deployment on this site.")
-    workflow_name: str = Field(default="execute", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
-                               description="The TOSCA workflow to run.")
+    tosca_workflow: str = Field(default="execute", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+                                description="The TOSCA workflow of the template to run.")
 
 
 class StepOut(BaseModel):
@@ -63,7 +63,8 @@ class ExecutionOut(ORMModel):
     deployment_id: str
     owner_id: str
     login: str
-    workflow_name: str
+    workflow_name: str | None = Field(description="The name of the workflow that ran (as registered).")
+    tosca_workflow: str = Field(description="The TOSCA workflow of its template that ran (`execute`).")
     inputs: dict[str, Any]
     state: ExecutionState
     cancel_requested: bool

@@ -46,10 +46,10 @@ def build(execution: Execution, version: WorkflowVersion, username: str, site: s
     doc = ProvDocument()
     doc.add_namespace(*NAMESPACE)
     person = doc.agent(_id("user", username), {"prov:type": PROV["Person"]})
-    declared = (version.workflows or {}).get(execution.workflow_name, {}).get("inputs", {})
+    declared = (version.workflows or {}).get(execution.tosca_workflow, {}).get("inputs", {})
     plan = doc.entity(_id("workflow", version.workflow_id, f"v{version.number}"), {
         "prov:type": PROV["Plan"], "hpcwaas:digest": version.digest,
-        "hpcwaas:tosca_workflow": execution.workflow_name})
+        "hpcwaas:tosca_workflow": execution.tosca_workflow})
     run = doc.activity(_id("execution", execution.id), _utc(execution.started_at),
                        _utc(execution.finished_at), _attributes({
                            "hpcwaas:state": execution.state.value, "hpcwaas:site": site,
@@ -78,7 +78,7 @@ def build(execution: Execution, version: WorkflowVersion, username: str, site: s
     made: list[ProvEntity] = []
     for step in execution.steps:
         act = _step(doc, execution, step, person, run)
-        for node_name in _nodes_of(record, execution.workflow_name, str(step.get("name"))):
+        for node_name in _nodes_of(record, execution.tosca_workflow, str(step.get("name"))):
             attrs = nodes[node_name].attributes if node_name in nodes else {}
             if kinds.get(node_name) == "stage_out" and attrs.get("dataset_id"):
                 result = _entity(doc, _id("dataset", str(attrs["dataset_id"])), _attributes({

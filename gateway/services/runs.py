@@ -282,16 +282,17 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
                                     allowed_groups=row.allowed_groups, user_id=row.user_id,
                                     username=row.username, role=row.role, groups=row.groups):
         return None
-    declared = (row.workflows or {}).get(data.workflow_name)
+    declared = (row.workflows or {}).get(data.tosca_workflow)
     if declared is None or not row.key_login:
         return None
     login = key_service.site_account(row.key_login, data.login)
-    where = f"{row.workflow_name}/{data.workflow_name}"
+    where = f"{row.workflow_name}/{data.tosca_workflow}"
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
     check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=row.user_id, username=row.username,
                    admin=row.role == Role.ADMIN, storage_root=storage_root)
     return Execution(workflow_id=row.workflow_id, deployment_id=row.deployment_id, owner_id=row.user_id,
-                     ssh_key_id=row.key_id, login=login, workflow_name=data.workflow_name, inputs=inputs,
+                     ssh_key_id=row.key_id, login=login, workflow_name=row.workflow_name,
+                     tosca_workflow=data.tosca_workflow, inputs=inputs,
                      state=ExecutionState.PENDING, wake_at=now)
 
 
@@ -310,19 +311,20 @@ def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCre
     # Mirrored by _fast_execution (one query) for the ordinary case: keep the two in step.
     workflow = workflow_service.get_visible(db, user, workflow_ref)
     deployment, workflows = _pick_deployment(db, user, workflow.id, data)
-    declared = workflows.get(data.workflow_name)
+    declared = workflows.get(data.tosca_workflow)
     if declared is None:
-        raise InvalidInput(f"workflow {workflow.name!r} has no TOSCA workflow {data.workflow_name!r}",
+        raise InvalidInput(f"workflow {workflow.name!r} has no TOSCA workflow {data.tosca_workflow!r}",
                            hint=f"it has: {', '.join(sorted(workflows)) or 'none'}",
-                           field="workflow_name")
-    where = f"{workflow.name}/{data.workflow_name}"
+                           field="tosca_workflow")
+    where = f"{workflow.name}/{data.tosca_workflow}"
     inputs = check_inputs(declared.get("inputs", {}), data.inputs, where)
     check_datasets(db, declared.get("inputs", {}), inputs, where, user_id=user.id, username=user.username,
                    admin=user.role == Role.ADMIN, storage_root=storage_root)
     key = key_service.get_owned(db, user, data.ssh_key)
     login = key_service.resolve_login(key, data.login)
     return Execution(workflow_id=workflow.id, deployment_id=deployment.id, owner_id=user.id,
-                     ssh_key_id=key.id, login=login, workflow_name=data.workflow_name, inputs=inputs,
+                     ssh_key_id=key.id, login=login, workflow_name=workflow.name,
+                     tosca_workflow=data.tosca_workflow, inputs=inputs,
                      state=ExecutionState.PENDING, wake_at=utcnow())
 
 

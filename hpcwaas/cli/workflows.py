@@ -21,7 +21,7 @@ executions = typer.Typer(help="Your executions.", no_args_is_help=True)
 TERMINAL = {"completed", "failed", "cancelled"}
 WF_COLS = ["name", "latest_version", "visibility", "description", "updated_at"]
 DEP_COLS = ["id", "workflow_id", "state", "login", "error", "updated_at"]
-EXEC_COLS = ["id", "workflow_id", "state", "login", "created_at", "finished_at", "error"]
+EXEC_COLS = ["id", "workflow_name", "state", "login", "created_at", "finished_at", "error"]
 
 
 def log_line(line: dict[str, Any]) -> Text:

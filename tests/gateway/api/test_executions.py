@@ -72,8 +72,15 @@ def test_invoke_answers_202_with_location(people: dict[str, Person], deployed: d
     assert resp.headers["Location"] == f"/executions/{execution['id']}"
     assert execution["state"] == "pending" and execution["deployment_id"] == deployed["deployment"]
     assert execution["login"] == "sciuser1"
+    # It says which workflow it ran (not the TOSCA workflow's name), fast path and full path alike.
+    assert (execution["workflow_name"], execution["tosca_workflow"]) == (deployed["name"], "execute")
     shown = people["alice"].get(resp.headers["Location"])
     assert shown.status_code == 200 and shown.json()["inputs"] == {"who": "ada"}
+    assert shown.json()["workflow_name"] == deployed["name"]
+    by_site = people["alice"].post(f"/workflows/{deployed['name']}/executions",
+                                   json={"inputs": {"who": "ada"}, "ssh_key": deployed["alice_key"],
+                                         "deployment": deployed["deployment"], "tosca_workflow": "execute"})
+    assert by_site.status_code == 202 and by_site.json()["workflow_name"] == deployed["name"], by_site.text
 
 
 def test_inputs_are_checked_before_anything_runs(people: dict[str, Person], deployed: dict[str, Any]) -> None:
@@ -84,7 +91,7 @@ def test_inputs_are_checked_before_anything_runs(people: dict[str, Person], depl
     assert error_of(unknown)["details"]["field"] == "inputs.whom" and "who" in error_of(unknown)["hint"]
     wrong_type = alice.post(url, json={"inputs": {"who": 42}, "ssh_key": deployed["alice_key"]})
     assert wrong_type.status_code == 422 and "must be a string" in error_of(wrong_type)["message"]
-    no_workflow = alice.post(url, json={"ssh_key": deployed["alice_key"], "workflow_name": "nope"})
+    no_workflow = alice.post(url, json={"ssh_key": deployed["alice_key"], "tosca_workflow": "nope"})
     assert no_workflow.status_code == 422 and "nope" in error_of(no_workflow)["message"]
     assert alice.get("/executions", params={"workflow": deployed["name"]}).json() == []
 

@@ -179,10 +179,10 @@ def deploy(api: Callable[[Account], httpx.Client], people: dict[str, Account], s
                     keys=[dave_key["public_key"], alice_key["public_key"]])
 
 
-def invoke(deployed: Deployed, inputs: dict[str, Any], workflow_name: str = "execute") -> str:
+def invoke(deployed: Deployed, inputs: dict[str, Any], tosca_workflow: str = "execute") -> str:
     alice = deployed.api(deployed.people["alice"])
     resp = alice.post(f"/workflows/{deployed.name}/executions",
-                      json={"inputs": inputs, "ssh_key": deployed.alice_key, "workflow_name": workflow_name})
+                      json={"inputs": inputs, "ssh_key": deployed.alice_key, "tosca_workflow": tosca_workflow})
     assert resp.status_code == 202, resp.text
     return str(resp.json()["id"])
 

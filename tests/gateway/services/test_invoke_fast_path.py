@@ -148,7 +148,7 @@ def _outcome(call: Any) -> tuple[Any, ...] | None:
     if e is None:
         return None
     return ("accepted", e.workflow_id, e.deployment_id, e.owner_id, e.ssh_key_id, e.login, e.workflow_name,
-            e.inputs, e.state)
+            e.tosca_workflow, e.inputs, e.state)
 
 
 def _full_path(db: Session, token: str, ref: str, data: ExecutionCreate) -> Any:
@@ -170,9 +170,9 @@ BODIES: list[dict[str, Any]] = [
     {"inputs": {"times": "2"}, "ssh_key": "k-alice"},
     {"inputs": {"times": 2, "who": "a"}, "ssh_key": "k-alice"},
     {"inputs": {"times": 2, "typo": 1}, "ssh_key": "k-alice"},
-    {"inputs": {"times": 2}, "ssh_key": "k-alice", "workflow_name": "other"},
-    {"inputs": {}, "ssh_key": "k-alice", "workflow_name": "other"},
-    {"inputs": {"times": 2}, "ssh_key": "k-alice", "workflow_name": "missing"},
+    {"inputs": {"times": 2}, "ssh_key": "k-alice", "tosca_workflow": "other"},
+    {"inputs": {}, "ssh_key": "k-alice", "tosca_workflow": "other"},
+    {"inputs": {"times": 2}, "ssh_key": "k-alice", "tosca_workflow": "missing"},
     {"inputs": {"times": 2}, "ssh_key": "k-alice", "site": "south"},
     {"inputs": {"times": 2}, "ssh_key": "k-alice", "deployment": "d-public-0"},
 ]

@@ -25,7 +25,8 @@ def _execution() -> tuple[Execution, WorkflowVersion]:
         runs=[RunRecord(id="run", workflow="execute", steps={f"execute.{s}": "done" for s in steps},
                         ops={s: OpRecord(node=s, step=f"execute.{s}", status="done") for s in steps})])
     execution = Execution(
-        id="e1", workflow_id="w1", deployment_id="dep1", owner_id="u1", login="sciuser1", workflow_name="execute",
+        id="e1", workflow_id="w1", deployment_id="dep1", owner_id="u1", login="sciuser1", workflow_name="w",
+        tosca_workflow="execute",
         inputs={"dataset": "d1", "top": 5, "token": "hunter2"}, state=ExecutionState.COMPLETED,
         steps=[{"name": "stage_in", "state": "done", "started_at": 1.7e9, "finished_at": 1.7e9 + 3,
                 "pipeline_run_id": "r1"},
