@@ -59,6 +59,8 @@ class Settings(BaseSettings):
         description="Folders (and git repositories) developers may register workflows from.",
     )
     registry_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest workflow bundle.")
+    max_input_bytes: int = Field(default=64 * 1024, ge=1024,
+                                 description="Largest inputs of one deployment or execution request (JSON bytes).")
 
     # The execution engine (threads in the gateway, or `waas worker` processes).
     engine_in_gateway: bool = Field(default=True, description="Run engine workers inside the gateway process.")

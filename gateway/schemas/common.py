@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from hpcwaas.settings import get_settings
 
 Username = Annotated[
     str,
@@ -25,6 +29,37 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.@:-]{
 #: The largest integer a parameter may carry: the databases' 64-bit integers (beyond it SQLite
 #: overflowed into a 500).
 MAX_INT = 2**63 - 1
+
+
+def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+    """Every string in ``value`` (keys too) with where it is, e.g. ``inputs.files[2]``."""
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in [(f"{path} (a key)", str(k)),
+                                                              *_strings(v, f"{path}.{k}")]]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _strings(v, f"{path}[{i}]")]
+    return []
+
+
+def _checked_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Workflow inputs as they arrive: no control characters (they would reach paths, the database
+    and the site), and within the operator's size limit (HPCWAAS_MAX_INPUT_BYTES)."""
+    for path, text in _strings(inputs, "inputs"):
+        bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+        if bad is not None:
+            raise ValueError(f"{path} contains the control character U+{ord(bad):04X}")
+    limit = get_settings().max_input_bytes
+    size = len(json.dumps(inputs, default=str).encode())
+    if size > limit:
+        raise ValueError(f"the inputs are {size} bytes, more than this gateway takes ({limit}); pass large "
+                         "data as a catalogue dataset")
+    return inputs
+
+
+#: Workflow inputs of a request, checked when they arrive (control characters, size).
+Inputs = Annotated[dict[str, Any], AfterValidator(_checked_inputs)]
 
 
 class RequestModel(BaseModel):

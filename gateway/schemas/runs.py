@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from gateway.persistence.models import DeploymentState, ExecutionState
-from gateway.schemas.common import Login, ORMModel, RequestModel, SiteName
+from gateway.schemas.common import Inputs, Login, ORMModel, RequestModel, SiteName
 
 
 class DeploymentCreate(RequestModel):
@@ -17,7 +17,7 @@ class DeploymentCreate(RequestModel):
     site: SiteName
     ssh_key: str = Field(description="Id of your SSH key used to install on the site.")
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
-    inputs: dict[str, Any] = Field(default_factory=dict, description="Topology inputs.")
+    inputs: Inputs = Field(default_factory=dict, description="Topology inputs.")
 
 
 class DeploymentOut(ORMModel):
@@ -38,7 +38,7 @@ class DeploymentOut(ORMModel):
 
 
 class ExecutionCreate(RequestModel):
-    inputs: dict[str, Any] = Field(default_factory=dict, description="Inputs of the workflow's execute workflow.")
+    inputs: Inputs = Field(default_factory=dict, description="Inputs of the workflow's execute workflow.")
     ssh_key: str = Field(description="Id of your own SSH key; the job runs as your site user.")
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")
     deployment: str | None = Field(default=None, description="Deployment id; else the newest on `site`.")

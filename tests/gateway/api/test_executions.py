@@ -86,6 +86,15 @@ def test_invoke_answers_202_with_location(people: dict[str, Person], deployed: d
 def test_inputs_are_checked_before_anything_runs(people: dict[str, Person], deployed: dict[str, Any]) -> None:
     alice = people["alice"]
     url = f"/workflows/{deployed['name']}/executions"
+    before = len(alice.get("/executions").json())
+    # Seen: a NUL in a name reached the stage-in and the job, and only the stage-out failed.
+    for value, said in [("a\x00b", "inputs.who contains the control character U+0000"),
+                        (["ok", "\x1b[31m"], "inputs.who[1] contains the control character U+001B"),
+                        ("x" * 2_000_000, "more than this gateway takes")]:
+        refused = alice.post(url, json={"inputs": {"who": value}, "ssh_key": deployed["alice_key"]})
+        assert refused.status_code == 422 and said in error_of(refused)["message"], refused.text[:500]
+        assert "x" * 100 not in refused.text  # a refused value is not echoed back
+    assert len(alice.get("/executions").json()) == before  # nothing was stored
     unknown = alice.post(url, json={"inputs": {"whom": "ada"}, "ssh_key": deployed["alice_key"]})
     assert unknown.status_code == 422
     assert error_of(unknown)["details"]["field"] == "inputs.whom" and "who" in error_of(unknown)["hint"]
