@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: a request id on every request and response, and the body size limit.
+"""Pure ASGI middleware: a request id on every request and response, the body size limit, and the
+security headers of every response.
 
 Written against the ASGI interface rather than Starlette's ``BaseHTTPMiddleware``: that one runs
 the app in a task of its own and re-streams every response, which cost about a tenth of the
@@ -15,6 +16,26 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+
+# What a browser may do with our responses: API data is never a document, pages load only the
+# gateway's own assets. The interactive API docs (/docs, /redoc) are FastAPI's, with their inline
+# bootstrap script: they get no policy of ours.
+_API_POLICY = b"default-src 'none'; frame-ancestors 'none'"
+_PAGE_POLICY = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_OWN_DOCS = ("/docs", "/redoc")
+
+
+def security_headers(path: str, authenticated: bool, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response's headers with ours added (never over one the route set itself)."""
+    present = {name.lower() for name, _ in headers}
+    extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+    if authenticated and b"cache-control" not in present:
+        extra.append((b"cache-control", b"no-store"))  # a user's own data stays out of shared caches
+    if b"content-security-policy" not in present and not path.startswith(_OWN_DOCS):
+        kind = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+        extra.append((b"content-security-policy", _PAGE_POLICY if kind.startswith(b"text/html") else _API_POLICY))
+    return [*headers, *(pair for pair in extra if pair[0] not in present)]
 
 
 class RequestContext:
@@ -41,9 +62,13 @@ class RequestContext:
         length = headers.get("content-length")
         received = 0
 
+        authenticated = "authorization" in headers or "cookie" in headers
+        path = str(scope.get("path", ""))
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                message["headers"] = security_headers(
+                    path, authenticated, [*message.get("headers", ()), (b"x-request-id", request_id.encode())])
             await send(message)
 
         if length is not None and (not length.isdigit() or int(length) > limit):

@@ -1,4 +1,5 @@
-"""Request ids and the body limit, including chunked bodies that carry no Content-Length."""
+"""Request ids, the body limit (including chunked bodies that carry no Content-Length) and the
+security headers of every response."""
 
 from __future__ import annotations
 
@@ -37,3 +38,19 @@ def test_bad_content_length_is_refused_before_reading(people: dict[str, Person])
     resp = people["alice"].post("/catalogue/datasets", content=b"{}",
                                 headers={"Content-Type": "application/json", "Content-Length": str(64 << 20)})
     assert resp.status_code == 413 and error_of(resp)["code"] == "payload_too_large"
+
+
+def test_every_response_carries_the_security_headers(people: dict[str, Person]) -> None:
+    alice = people["alice"]
+    mine = alice.get("/users/me")
+    assert mine.headers["X-Content-Type-Options"] == "nosniff"
+    assert mine.headers["Cache-Control"] == "no-store"  # authenticated data stays out of shared caches
+    assert mine.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    refused = alice.http.get("/users/me")  # no token: an error, still with the headers
+    assert refused.status_code == 401 and refused.headers["X-Content-Type-Options"] == "nosniff"
+    page = alice.http.get("/catalogue")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'self';")
+    assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"].split("style-src")[0]
+    static = alice.http.get("/catalogue/ui/static/catalogue.js")
+    assert static.status_code == 200 and static.headers["X-Content-Type-Options"] == "nosniff"
