@@ -17,6 +17,12 @@ class NotAuthenticated(GatewayError):
     code = "not_authenticated"
 
 
+class TooManyAttempts(GatewayError):
+    """Too many failed authentications from one client or for one user; ``retry_after`` seconds."""
+
+    code = "too_many_attempts"
+
+
 class PermissionDenied(GatewayError):
     """The caller's role does not allow this."""
 

@@ -32,6 +32,7 @@ from gateway.api.routes import (
 from gateway.core.config import Settings, get_settings
 from gateway.core.db import make_engine, make_session_factory, redacted
 from gateway.persistence.writer import GroupCommitWriter
+from gateway.services import auth_failures
 from gateway.services import images as image_service
 from hpcwaas import __version__
 from hpcwaas.vault import Vault
@@ -103,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    app.add_middleware(RequestContext, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContext, max_body_bytes=MAX_BODY_BYTES, limiter=auth_failures.FailureLimiter(
+        settings.auth_failures_limit, settings.auth_failures_window_seconds))
 
     # Routes are matched in order, one by one: the ones scientists call all the time come first.
     for module in (health, executions, workflows, deployments, pipelines, mirrors, catalogue, images, image_tickets,

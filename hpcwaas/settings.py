@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         description="Folders (and git repositories) developers may register workflows from.",
     )
     registry_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest workflow bundle.")
+    auth_failures_limit: int = Field(default=20, ge=1, description="Failed authentications a client (or a user) "
+                                     "may make in the window before 429 Too Many Requests.")
+    auth_failures_window_seconds: float = Field(default=300.0, gt=0)
     max_input_bytes: int = Field(default=64 * 1024, ge=1024,
                                  description="Largest inputs of one deployment or execution request (JSON bytes).")
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[common.HpcwaasError], int]] = [
     *catalogue_api.STATUS,
     (gw.NotAuthenticated, 401),
+    (gw.TooManyAttempts, 429),
     (gw.PermissionDenied, 403),
     (gw.NotFound, 404),
     (dl.PipelineNotFound, 404),
@@ -76,6 +77,8 @@ def error_response(
         body["details"] = details
     body["request_id"] = getattr(request.state, "request_id", None)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 429 and isinstance(details, dict) and "retry_after" in details:
+        headers = {"Retry-After": str(details["retry_after"])}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+from gateway.services.auth_failures import FailureLimiter, Guard, current
 
 # What a browser may do with our responses: API data is never a document, pages load only the
 # gateway's own assets. The interactive API docs (/docs, /redoc) are FastAPI's, with their inline
@@ -41,14 +42,16 @@ def security_headers(path: str, authenticated: bool, headers: list[tuple[bytes, 
 class RequestContext:
     """Give each request an id (``X-Request-ID`` in, or a new one) and refuse bodies over a limit.
 
-    The limit is checked on ``Content-Length`` before the app is called, and again on the bytes
-    actually received, so a chunked body without a length cannot slip past it. Both end as a 413
+    It also tells the authentication code which client sends the request and which limiter of
+    failed attempts counts it (``gateway.services.auth_failures``). The body limit is checked on
+    ``Content-Length`` before the app is called, and again on the bytes actually received, so a chunked body without a length cannot slip past it. Both end as a 413
     in the API's error shape (the second through the handler of ``HTTPException``).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, limiter: FailureLimiter | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.limiter = limiter or FailureLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +60,8 @@ class RequestContext:
         headers = Headers(scope=scope)
         request_id = _clean(headers.get("x-request-id", "")) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        client = scope.get("client")
+        current.set(Guard(self.limiter, client[0] if client else None))  # failed authentications, per client
         limit = self.max_body_bytes
         message_ = f"request body over {limit // (1024 * 1024)} MiB"
         length = headers.get("content-length")

@@ -13,9 +13,15 @@ from gateway.errors import Conflict, NotAuthenticated, NotFound, PermissionDenie
 from gateway.persistence import repositories as repo
 from gateway.persistence.models import ApiToken, Role, User, utcnow
 from gateway.schemas.users import TokenCreate, UserCreate, UserUpdate
+from gateway.services import auth_failures
 
 # Writing last_used_at on every request would turn every read into a write.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Creating a token needs a valid one: a person without one asks an administrator, and an
+# administrator without one asks the gateway's host.
+NEW_TOKEN_HINT = ("ask an administrator of this gateway for a new token (`waas tokens create --user <you>`); an "
+                  "administrator without a valid token gets one on the gateway's host with `waas admin bootstrap "
+                  "--username <admin>`")
 
 
 def create_user(db: Session, data: UserCreate) -> User:
@@ -102,16 +108,19 @@ def accepted_as_is(revoked_at: datetime | None, expires_at: datetime, last_used_
 def authenticate(db: Session, token: str) -> User:
     """The user a bearer token belongs to; NotAuthenticated if unknown, expired or revoked."""
     # Mirrored by accepted_as_is (the one-query invoke path): a new check goes in both.
+    auth_failures.check()
     record = repo.token_by_hash(db, hash_token(token))
     if record is None:
-        raise NotAuthenticated("the token is not valid", hint="create a token with 'waas tokens create'")
+        auth_failures.failed()
+        raise NotAuthenticated("the token is not valid", hint=NEW_TOKEN_HINT)
     now = utcnow()
-    if record.revoked_at is not None:
-        raise NotAuthenticated("the token was revoked", hint="ask for a new token")
-    if record.expires_at <= now:
-        raise NotAuthenticated("the token has expired", hint="ask for a new token")
-    if record.user.disabled:
-        raise NotAuthenticated("the account is disabled", hint="contact an administrator")
+    refused = ("the token was revoked" if record.revoked_at is not None else
+               "the token has expired" if record.expires_at <= now else
+               "the account is disabled" if record.user.disabled else None)
+    if refused is not None:
+        auth_failures.check(record.user_id)
+        auth_failures.failed(record.user_id)
+        raise NotAuthenticated(refused, hint="contact an administrator" if record.user.disabled else NEW_TOKEN_HINT)
     if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
         record.last_used_at = now
     user = record.user

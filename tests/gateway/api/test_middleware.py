@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from hpcwaas.settings import Settings
 from tests.fixtures.gateway import Person, error_of
 
 
@@ -54,3 +55,35 @@ def test_every_response_carries_the_security_headers(people: dict[str, Person]) 
     assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"].split("style-src")[0]
     static = alice.http.get("/catalogue/ui/static/catalogue.js")
     assert static.status_code == 200 and static.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_failed_authentications_are_limited_per_client_and_user(settings: Settings, people: dict[str, Person]) -> None:
+    """Past the limit a client gets 429 with Retry-After, whatever token it tries next; a user's
+    revoked token used again and again is limited too; hints lead to a new token."""
+    from fastapi.testclient import TestClient
+
+    from gateway.main import create_app
+
+    limited = settings.model_copy(update={"auth_failures_limit": 3, "auth_failures_window_seconds": 60})
+    with TestClient(create_app(limited)) as http:
+        bad = {"Authorization": "Bearer hpcw_" + "x" * 43}
+        first = http.get("/users/me", headers=bad)
+        assert first.status_code == 401 and "waas tokens create --user" in error_of(first)["hint"]
+        assert "waas admin bootstrap" in error_of(first)["hint"]  # for an admin without a valid token
+        assert [http.get("/users/me", headers=bad).status_code for _ in range(2)] == [401, 401]
+        blocked = http.get("/users/me", headers={"Authorization": f"Bearer {people['alice'].token}"})
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+        assert error_of(blocked)["code"] == "too_many_attempts"
+    # Another client (address) is not blocked by the first one's failures.
+    with TestClient(create_app(limited), client=("192.0.2.7", 50000)) as other:
+        assert other.get("/users/me", headers={"Authorization": f"Bearer {people['alice'].token}"}).status_code == 200
+    # One user's revoked token, tried from many addresses: limited for that user.
+    made = people["alice"].post("/tokens", json={"name": "to-revoke"}).json()
+    assert people["alice"].delete(f"/tokens/{made['id']}").status_code == 200
+    revoked = {"Authorization": f"Bearer {made['token']}"}
+    app = create_app(limited)
+    answers = []
+    for n in range(4):
+        with TestClient(app, client=(f"192.0.2.{20 + n}", 50000)) as somewhere:
+            answers.append(somewhere.get("/users/me", headers=revoked).status_code)
+    assert answers == [401, 401, 401, 429]
