@@ -134,7 +134,7 @@ class SlurmJobExecutor:
         job_id = info.job_id
         stdout_tail = slurm.tail(info.stdout_path or (spec.output or "").replace("%j", job_id), 40)
         stderr_tail = slurm.tail(info.stderr_path or (spec.error or "").replace("%j", job_id), 40)
-        attrs = {
+        attrs: dict[str, Any] = {
             "job_id": job_id,
             "job_state": info.state.value,
             "exit_code": info.exit_code,

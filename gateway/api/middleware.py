@@ -44,8 +44,9 @@ class RequestContext:
 
     It also tells the authentication code which client sends the request and which limiter of
     failed attempts counts it (``gateway.services.auth_failures``). The body limit is checked on
-    ``Content-Length`` before the app is called, and again on the bytes actually received, so a chunked body without a length cannot slip past it. Both end as a 413
-    in the API's error shape (the second through the handler of ``HTTPException``).
+    ``Content-Length`` before the app is called, and again on the bytes actually received, so a
+    chunked body without a length cannot slip past it. Both end as a 413 in the API's error shape
+    (the second through the handler of ``HTTPException``).
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, limiter: FailureLimiter | None = None) -> None:
