@@ -23,6 +23,12 @@ class TooManyAttempts(GatewayError):
     code = "too_many_attempts"
 
 
+class QuotaExceeded(GatewayError):
+    """A user is at an operator's limit (executions in flight, say)."""
+
+    code = "quota_exceeded"
+
+
 class PermissionDenied(GatewayError):
     """The caller's role does not allow this."""
 

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     auth_failures_limit: int = Field(default=20, ge=1, description="Failed authentications a client (or a user) "
                                      "may make in the window before 429 Too Many Requests.")
     auth_failures_window_seconds: float = Field(default=300.0, gt=0)
+    max_executions_in_flight: int = Field(default=200, ge=1, description="Executions one user may have not yet "
+                                          "ended (pending, running, cancelling); one more is a 429.")
     max_input_bytes: int = Field(default=64 * 1024, ge=1024,
                                  description="Largest inputs of one deployment or execution request (JSON bytes).")
 

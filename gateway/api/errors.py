@@ -30,6 +30,7 @@ STATUS: list[tuple[type[common.HpcwaasError], int]] = [
     *catalogue_api.STATUS,
     (gw.NotAuthenticated, 401),
     (gw.TooManyAttempts, 429),
+    (gw.QuotaExceeded, 429),
     (gw.PermissionDenied, 403),
     (gw.NotFound, 404),
     (dl.PipelineNotFound, 404),

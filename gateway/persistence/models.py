@@ -261,6 +261,7 @@ class Execution(Leased, Base):
     """One invocation of a deployed workflow by a user, with their own SSH key."""
 
     __tablename__ = "executions"
+    __table_args__ = (Index("ix_executions_owner_id_state", "owner_id", "state"),)  # a user's runs in flight
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="RESTRICT"), index=True)

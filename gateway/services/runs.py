@@ -13,14 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from catalogue.errors import DatasetNotFound
 from data_logistics.errors import DatasetUnresolved, InvalidTransfer
 from deployer import constraints
 from gateway.core.security import hash_token
-from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from gateway.errors import Conflict, InvalidInput, NotFound, PermissionDenied, QuotaExceeded
 from gateway.persistence.models import (
     EXECUTION_TERMINAL,
     ApiToken,
@@ -221,6 +221,10 @@ def _pick_deployment(db: Session, user: User, workflow_id: str,
     return deployment, dict(declared or {})
 
 
+_IN_FLIGHT = (select(func.count()).select_from(Execution)
+              .where(Execution.owner_id == bindparam("user_id"), Execution.state.not_in(EXECUTION_TERMINAL)))
+
+
 def _invoke_context() -> Select[Any]:
     """Everything an ordinary invocation checks, as one row per workflow matching the reference.
 
@@ -236,12 +240,16 @@ def _invoke_context() -> Select[Any]:
                     deployment.target == "deployed")
              .order_by(deployment.created_at.desc(), deployment.id.desc()).limit(1)
              .correlate(Workflow.__table__).scalar_subquery())
+    execution = Execution.__table__.c
+    in_flight = (select(func.count()).select_from(Execution.__table__)
+                 .where(execution.owner_id == user.id, execution.state.not_in(list(EXECUTION_TERMINAL)))
+                 .correlate(User.__table__).scalar_subquery())
     return (select(token.revoked_at, token.expires_at, token.last_used_at, user.id.label("user_id"),
                    user.username, user.role, user.groups, user.disabled,
                    workflow.id.label("workflow_id"), workflow.name.label("workflow_name"), workflow.visibility,
                    workflow.owner_id, workflow.allowed_users, workflow.allowed_groups,
                    deployment.id.label("deployment_id"), version.workflows,
-                   key.id.label("key_id"), key.login.label("key_login"))
+                   key.id.label("key_id"), key.login.label("key_login"), in_flight.label("in_flight"))
             .select_from(ApiToken.__table__)
             .join(User.__table__, user.id == token.user_id)
             .outerjoin(Workflow.__table__, or_(workflow.id == bindparam("ref"), workflow.name == bindparam("ref")))
@@ -255,18 +263,18 @@ _INVOKE_CONTEXT = _invoke_context()  # built once: building costs more than runn
 
 
 def accept_invocation(db: Session, token: str, workflow_ref: str, data: ExecutionCreate,
-                      storage_root: Path | None = None) -> Execution:
+                      storage_root: Path | None = None, max_in_flight: int | None = None) -> Execution:
     """Authenticate and check an invocation: ``new_execution`` as the token's user, in one query
     when all is in order (the common case); anything unusual (an error to report, a token whose
     last use is to be recorded, a chosen deployment or site) takes the full path, which is the
     reference for every answer."""
-    fast = _fast_execution(db, token, workflow_ref, data, storage_root)
+    fast = _fast_execution(db, token, workflow_ref, data, storage_root, max_in_flight)
     return fast if fast is not None else new_execution(db, user_service.authenticate(db, token), workflow_ref, data,
-                                                       storage_root)
+                                                       storage_root, max_in_flight)
 
 
 def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionCreate,
-                    storage_root: Path | None = None) -> Execution | None:
+                    storage_root: Path | None = None, max_in_flight: int | None = None) -> Execution | None:
     if data.deployment is not None or data.site is not None:
         return None
     rows = db.execute(_INVOKE_CONTEXT, {"token_hash": hash_token(token), "ref": workflow_ref,
@@ -275,6 +283,8 @@ def _fast_execution(db: Session, token: str, workflow_ref: str, data: ExecutionC
     row = next((r for r in rows if r.workflow_id == workflow_ref), rows[0] if rows else None)
     if row is None or row.workflow_id is None or row.deployment_id is None or row.key_id is None:
         return None
+    if max_in_flight is not None and row.in_flight >= max_in_flight:
+        return None  # the full path says so
     now = utcnow()
     if not user_service.accepted_as_is(row.revoked_at, row.expires_at, row.last_used_at, row.disabled, now):
         return None
@@ -306,9 +316,16 @@ def create_execution(db: Session, user: User, workflow_ref: str, data: Execution
 
 
 def new_execution(db: Session, user: User, workflow_ref: str, data: ExecutionCreate,
-                  storage_root: Path | None = None) -> Execution:
-    """A checked, not yet persisted invocation: inputs checked, caller's own key, a deployed deployment."""
+                  storage_root: Path | None = None, max_in_flight: int | None = None) -> Execution:
+    """A checked, not yet persisted invocation: inputs checked, caller's own key, a deployed deployment,
+    and the caller under the operator's limit of executions in flight."""
     # Mirrored by _fast_execution (one query) for the ordinary case: keep the two in step.
+    if max_in_flight is not None:
+        in_flight = db.scalar(_IN_FLIGHT.params(user_id=user.id)) or 0
+        if in_flight >= max_in_flight:
+            raise QuotaExceeded(f"you have {in_flight} executions not yet ended; this gateway runs at most "
+                                f"{max_in_flight} at once for one person",
+                                hint="wait for some to end, or cancel some (waas executions cancel <id>)")
     workflow = workflow_service.get_visible(db, user, workflow_ref)
     deployment, workflows = _pick_deployment(db, user, workflow.id, data)
     declared = workflows.get(data.tosca_workflow)

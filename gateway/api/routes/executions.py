@@ -25,8 +25,9 @@ async def invoke(ref: str, data: ExecutionCreate, request: Request, response: Re
                  writer: Writer) -> ExecutionOut:
     # The hot path: token and checks in one thread-pool hop (one query when all is in order), then
     # the insert shares a commit with the invocations arriving at the same time (answered once committed).
+    settings = request.app.state.settings
     execution = await in_session(request, service.accept_invocation, bearer_token(token), ref, data,
-                                 request.app.state.settings.pipelines_storage_root)
+                                 settings.pipelines_storage_root, settings.max_executions_in_flight)
     await writer.add(execution)
     response.headers["Location"] = f"/executions/{execution.id}"
     return ExecutionOut.model_validate(execution)

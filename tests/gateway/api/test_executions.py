@@ -272,3 +272,24 @@ def test_a_staged_dataset_input_must_be_a_readable_located_catalogue_dataset(
             assert error["details"]["field"] == "inputs.dataset" and says in error["message"], error
     listed = alice.get("/executions", params={"workflow": deployed["name"]}).json()
     assert len(listed) == 8  # only the accepted ones were written
+
+
+def test_executions_in_flight_are_limited_per_user(people: dict[str, Person], deployed: dict[str, Any],
+                                                   settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.main import create_app
+
+    alice = people["alice"]
+    running = [e for e in alice.get("/executions", params={"limit": 500}).json()
+               if e["state"] not in ("completed", "failed", "cancelled")]
+    limited = settings.model_copy(update={"max_executions_in_flight": len(running) + 2})
+    url = f"/workflows/{deployed['name']}/executions"
+    body = {"inputs": {"who": "ada"}, "ssh_key": deployed["alice_key"]}
+    with TestClient(create_app(limited), headers={"Authorization": f"Bearer {alice.token}"}) as http:
+        first, second, third = (http.post(url, json=body) for _ in range(3))
+        assert (first.status_code, second.status_code) == (202, 202), first.text
+        assert third.status_code == 429 and error_of(third)["code"] == "quota_exceeded", third.text
+        assert f"at most {len(running) + 2} at once" in error_of(third)["message"]
+        assert http.delete(f"/executions/{first.json()['id']}").status_code == 202
+        assert http.post(url, json=body).status_code == 202  # room again

@@ -1,4 +1,5 @@
-"""executions: workflow_name is the registered workflow's name; the TOSCA workflow is tosca_workflow
+"""executions: workflow_name is the registered workflow's name; the TOSCA workflow is tosca_workflow;
+an index to count a user's executions in flight
 
 Revision ID: 0009
 Revises: 0008
@@ -24,9 +25,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("workflow_name", sa.String(length=64), nullable=True))
     op.execute("UPDATE executions SET workflow_name = "
                "(SELECT workflows.name FROM workflows WHERE workflows.id = executions.workflow_id)")
+    op.create_index("ix_executions_owner_id_state", "executions", ["owner_id", "state"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_executions_owner_id_state", table_name="executions")
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.drop_column("workflow_name")
     with op.batch_alter_table("executions", schema=None) as batch_op:
