@@ -85,8 +85,11 @@ class Client:
         return dict(self.request("PATCH", f"/users/{user}", json=changes))
 
     def create_token(self, name: str = "default", expires_in_days: int | None = None,
-                     user: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name, "expires_in_days": expires_in_days}
+                     user: str | None = None, *, expires_in: str | None = None,
+                     expires_at: str | None = None) -> dict[str, Any]:
+        """A new token; its lifetime in days, as an ISO 8601 duration (``PT12H``) or an expiry time."""
+        lifetime = {"expires_in_days": expires_in_days, "expires_in": expires_in, "expires_at": expires_at}
+        body: dict[str, Any] = {"name": name, **{k: v for k, v in lifetime.items() if v is not None}}
         path = f"/users/{user}/tokens" if user else "/tokens"
         return dict(self.request("POST", path, json=body))
 

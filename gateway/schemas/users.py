@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from pydantic import EmailStr, Field
+from pydantic import EmailStr, Field, model_validator
 
 from gateway.persistence.models import Role
 from gateway.schemas.common import Name, ORMModel, RequestModel, Username
@@ -35,8 +35,34 @@ class UserOut(ORMModel):
 
 
 class TokenCreate(RequestModel):
+    """A new token's name and lifetime: in days, as a duration, or as an expiry time (one of them)."""
+
     name: Name = "default"
     expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Defaults to the server's TTL.")
+    expires_in: timedelta | None = Field(default=None, description="A duration: ISO 8601 (`PT12H`, `P30D`) or "
+                                         "seconds; from a minute to ten years.")
+    expires_at: datetime | None = Field(default=None, description="An expiry time with its time zone "
+                                        "(`2027-01-31T18:00:00Z`), from a minute to ten years ahead.")
+
+    @model_validator(mode="after")
+    def _one_lifetime(self) -> TokenCreate:
+        given = [n for n in ("expires_in_days", "expires_in", "expires_at") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one lifetime, not {' and '.join(given)}")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (2027-01-31T18:00:00Z)")
+        lifetime = self.lifetime()
+        if lifetime is not None and not timedelta(minutes=1) <= lifetime <= timedelta(days=3650):
+            raise ValueError("a token lives from a minute to ten years")
+        return self
+
+    def lifetime(self) -> timedelta | None:
+        """How long the token lives from now, when the request says."""
+        if self.expires_in_days is not None:
+            return timedelta(days=self.expires_in_days)
+        if self.expires_at is not None:
+            return self.expires_at - datetime.now(UTC)
+        return self.expires_in
 
 
 class TokenOut(ORMModel):

@@ -69,13 +69,12 @@ def update_user(db: Session, actor: User, user_id: str, data: UserUpdate) -> Use
 def issue_token(db: Session, user: User, data: TokenCreate, default_ttl_days: int) -> tuple[ApiToken, str]:
     """Create a token for the user; returns the record and the token (shown once)."""
     token = new_token()
-    days = data.expires_in_days or default_ttl_days
     record = ApiToken(
         user_id=user.id,
         name=data.name,
         prefix=display_prefix(token),
         token_hash=hash_token(token),
-        expires_at=utcnow() + timedelta(days=days),
+        expires_at=data.expires_at or utcnow() + (data.lifetime() or timedelta(days=default_ttl_days)),
     )
     db.add(record)
     db.commit()

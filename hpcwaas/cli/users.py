@@ -61,11 +61,13 @@ def update(
 def create_token(
     name: str = typer.Option("default"),
     days: int = typer.Option(None, help="Lifetime in days (server default otherwise)."),
+    expires_in: str = typer.Option(None, "--expires-in", help="Lifetime as an ISO 8601 duration, e.g. PT12H."),
+    expires_at: str = typer.Option(None, "--expires-at", help="Expiry time, e.g. 2027-01-31T18:00:00Z."),
     user: str = typer.Option(None, help="Issue for another user (admin)."),
 ) -> None:
     """Create a token; it is printed once."""
     with errors(), client() as api:
-        out = api.create_token(name, days, user)
+        out = api.create_token(name, days, user, expires_in=expires_in, expires_at=expires_at)
     emit(out, lambda d: console.print(f"token [bold]{d['name']}[/bold] (expires {d['expires_at']}), shown once:\n"
                                       f"{d['token']}"))
 

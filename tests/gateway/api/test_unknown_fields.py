@@ -10,7 +10,7 @@ from tests.fixtures.gateway import Person, error_of
 
 
 @pytest.mark.parametrize(("who", "url", "body", "unknown"), [
-    ("alice", "/tokens", {"name": "t", "expires_at": "2030-01-01T00:00:00Z"}, "expires_at"),
+    ("alice", "/tokens", {"name": "t", "expiry": "2030-01-01T00:00:00Z"}, "expiry"),
     ("alice", "/tokens", {"name": "t", "role": "admin"}, "role"),
     ("alice", "/tokens", {"name": "t", "user_id": "someone"}, "user_id"),
     ("alice", "/ssh_keys", {"login": "sciuser1", "owner": "bob"}, "owner"),
@@ -29,3 +29,22 @@ def test_an_unknown_field_is_refused(people: dict[str, Person], who: str, url: s
     assert resp.status_code == 422, (url, resp.status_code, resp.text[:300])
     error = error_of(resp)
     assert unknown in str(error), error
+
+
+def test_a_tokens_lifetime_is_a_duration_or_an_expiry_time(people: dict[str, Person]) -> None:
+    """The fields that were ignored are now understood (expires_at) or refused by name."""
+    from datetime import UTC, datetime, timedelta
+
+    alice = people["alice"]
+    at = alice.post("/tokens", json={"name": "until", "expires_at": "2030-01-01T00:00:00Z"})
+    assert at.status_code == 201 and at.json()["expires_at"].startswith("2030-01-01T00:00:00"), at.text
+    lasting = alice.post("/tokens", json={"name": "hours", "expires_in": "PT12H"})
+    expires = datetime.fromisoformat(lasting.json()["expires_at"])
+    expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+    assert abs(expires - datetime.now(UTC) - timedelta(hours=12)) < timedelta(minutes=1)
+    for body, said in [({"expires_in": "PT12H", "expires_in_days": 3}, "give one lifetime"),
+                       ({"expires_at": "2020-01-01T00:00:00Z"}, "from a minute to ten years"),
+                       ({"expires_at": "2030-01-01T00:00:00"}, "needs a time zone"),
+                       ({"expires_in": "P20000D"}, "from a minute to ten years")]:
+        refused = alice.post("/tokens", json={"name": "bad", **body})
+        assert refused.status_code == 422 and said in error_of(refused)["message"], refused.text
