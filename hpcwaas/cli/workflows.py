@@ -35,18 +35,64 @@ def shown(line: dict[str, Any], verbose: bool = False) -> bool:
     return verbose or line.get("level") != "debug"
 
 
-def parse_inputs(items: list[str]) -> dict[str, Any]:
-    """``-i key=value`` pairs; values are JSON when they parse (numbers, booleans, lists), else text."""
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _typed(name: str, kind: str, raw: str) -> Any:
+    """``raw`` as the declared TOSCA type says (a string stays a string, even ``123``)."""
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "boolean":
+            return _BOOLEANS[raw.strip().lower()]
+        if kind in ("list", "map"):
+            value = json.loads(raw)
+            if not isinstance(value, list if kind == "list" else dict):
+                raise ValueError(f"not a JSON {'list' if kind == 'list' else 'object'}")
+            return value
+    except (ValueError, KeyError) as exc:
+        example = {"integer": "42", "float": "0.5", "boolean": "true or false", "list": '\'["a", "b"]\'',
+                   "map": '\'{"k": "v"}\''}[kind]
+        raise typer.BadParameter(f"input {name!r} is {'an' if kind == 'integer' else 'a'} {kind}; {raw!r} is not "
+                                 f"one ({exc})", param_hint=f"-i {name}=... (e.g. {name}={example})") from exc
+    return raw
+
+
+def parse_inputs(items: list[str], declared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``-i key=value`` pairs, converted by the workflow's declared input types; without
+    declarations, values are JSON when they parse (numbers, booleans, lists), else text."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{item!r}: use key=value", param_hint="-i")
+        if declared is not None:
+            if key not in declared:
+                known = ", ".join(sorted(n for n, s in declared.items() if not s.get("provided"))) or "none"
+                raise typer.BadParameter(f"the workflow has no input {key!r}; its inputs are: {known}",
+                                         param_hint="-i")
+            out[key] = _typed(key, str(declared[key].get("type") or "string"), raw)
+            continue
         try:
             out[key] = json.loads(raw)
         except ValueError:
             out[key] = raw
     return out
+
+
+def declared_inputs(api: Any, ref: str, tosca_workflow: str | None = None,
+                    version: int | None = None) -> dict[str, Any] | None:
+    """The inputs a workflow declares (its deploy inputs, or a TOSCA workflow's), as registered."""
+    described = api.get_workflow(ref)
+    chosen = described.get("latest") or {}
+    if version is not None:
+        chosen = next((v for v in api.workflow_versions(ref) if v.get("number") == version), chosen)
+    if tosca_workflow is None:
+        return dict(chosen.get("inputs") or {})
+    found = (chosen.get("workflows") or {}).get(tosca_workflow)
+    return dict(found.get("inputs") or {}) if isinstance(found, dict) else None
 
 
 @workflows.command("register")
@@ -121,7 +167,7 @@ def deploy(
 ) -> None:
     """Deploy a workflow to a site (image build, transfer, software install)."""
     with errors(), client() as api:
-        out = api.deploy(ref, site, key, parse_inputs(inputs), version)
+        out = api.deploy(ref, site, key, parse_inputs(inputs, declared_inputs(api, ref, version=version)), version)
         if follow and not State.json_output:
             console.print(f"deployment [bold]{out['id']}[/bold] accepted; following...")
             after = 0
@@ -207,7 +253,8 @@ def run(
 ) -> None:
     """Invoke a deployed workflow with inputs."""
     with errors(), client() as api:
-        out = api.invoke(ref, key, parse_inputs(inputs), deployment=deployment, site=site)
+        typed = parse_inputs(inputs, declared_inputs(api, ref, "execute"))
+        out = api.invoke(ref, key, typed, deployment=deployment, site=site)
         if follow_it and not State.json_output:
             out = follow(api, out["id"])
     if follow_it and not State.json_output:

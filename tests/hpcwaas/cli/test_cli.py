@@ -135,3 +135,24 @@ def test_scientist_key_check_and_job(waas, people: dict[str, Person], site: Site
     assert f"cli-{unique}" in [k["name"] for k in json.loads(listed.output)]
     assert waas("ssh-keys", "rm", key["id"], token=people["alice"].token).exit_code == 1
     assert waas("ssh-keys", "rm", key["id"], token=bob).exit_code == 0
+
+
+def test_inputs_are_converted_by_their_declared_types() -> None:
+    """`-i` values take the workflow's declared types: a string stays a string (even `007`), a
+    wrong value names the input, its type and an example; an unknown input lists the known ones."""
+    import typer
+
+    from hpcwaas.cli.workflows import parse_inputs
+
+    declared = {"name": {"type": "string"}, "top": {"type": "integer"}, "rate": {"type": "float"},
+                "dry": {"type": "boolean"}, "files": {"type": "list"}, "user_id": {"type": "string",
+                                                                                   "provided": "user_id"}}
+    assert parse_inputs(["name=007", "top=8", "rate=0.5", "dry=yes", 'files=["a"]'], declared) == \
+        {"name": "007", "top": 8, "rate": 0.5, "dry": True, "files": ["a"]}
+    assert parse_inputs(["name=true"], declared) == {"name": "true"}  # no guessing from the value
+    for item, said in [("top=eight", "input 'top' is an integer; 'eight' is not one"),
+                       ("dry=maybe", "input 'dry' is a boolean"),
+                       ('files={"a": 1}', "input 'files' is a list"),
+                       ("nme=x", "the workflow has no input 'nme'; its inputs are: dry, files, name, rate, top")]:
+        with pytest.raises(typer.BadParameter, match=said.replace("(", r"\(").replace("[", r"\[")):
+            parse_inputs([item], declared)
