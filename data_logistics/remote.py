@@ -139,6 +139,16 @@ def lexical_join(base: str, path: str, field: str = "path") -> str:
     return joined
 
 
+def resolve_readable(session: SSHSession, path: str, field: str = "path") -> RemotePath:
+    """An absolute source path on the site, resolved: what the login may read is the site's to say."""
+    check_relative_text(path, field)
+    wanted = posixpath.normpath(path)
+    real = run_checked(session, sh('realpath -e -- "$1"', wanted), f"resolving {field}", timeout=60).strip()
+    if not posixpath.isabs(real):
+        raise StagingError(f"could not resolve {field} {path!r} on the site", field=field)
+    return RemotePath("/", real)
+
+
 @dataclass(frozen=True)
 class RemotePath:
     """A path on the site, resolved (symlinks included) and known to lie inside ``base``."""

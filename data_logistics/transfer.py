@@ -31,6 +31,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import posixpath
 import queue
 import shutil
 import subprocess
@@ -1409,8 +1410,16 @@ def site_is_dir(session: SSHSession, path: str) -> bool:
 
 def site_source(session: SSHSession, work_dir: str, path: str, declared_sha256: str | None = None,
                 link: OpenSSHLink | None = None) -> FileSource | TreeSource:
-    """A file or directory inside the work directory of a site, as a source."""
-    resolved = remote.resolve_in(session, work_dir, path, field="source path")
+    """A file or directory of a site, as a source: a relative ``path`` lies inside the work directory,
+    an absolute one anywhere the login may read (a catalogue dataset's location is absolute).
+    Destinations, by contrast, stay inside the work directory (``SiteDestination``)."""
+    if posixpath.isabs(path):
+        try:
+            resolved = remote.resolve_readable(session, path, field="source path")
+        except RemoteCommandFailed as exc:
+            raise SourceUnavailable(f"{path} does not exist on the site or cannot be read", path=path) from exc
+    else:
+        resolved = remote.resolve_in(session, work_dir, path, field="source path")
     try:
         if site_is_dir(session, resolved.path):
             return SiteTree(session, resolved.path, link)

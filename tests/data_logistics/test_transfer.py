@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -513,3 +514,25 @@ def test_openssh_link_pipes_a_site_tree_into_a_local_tar(
     (partial / bad).write_bytes(b"corrupted")
     again = transfer.copy(source, LocalDestination(storage), "u")
     assert again.resumed_from == 149 and transfer.local_manifest(storage / "u") == expected
+
+
+def test_an_absolute_source_is_read_where_it_is_a_relative_one_inside_the_work_dir(
+        tmp_path: Path, session: SSHSession, work_dir: str, work_dir2: str, session2: SSHSession) -> None:
+    """One meaning for an sftp source: a catalogue dataset's absolute path is read with the login's
+    own rights wherever it is (seen: invoke accepted one outside the work dir, stage-in failed); a
+    relative path stays inside the work directory; a file the login may not read is refused."""
+    from data_logistics.errors import SourceUnavailable
+    from data_logistics.transfer import site_source
+
+    shared = f"/home/sciuser1/dl-shared-{uuid.uuid4().hex[:8]}"
+    session.run(["sh", "-c", 'mkdir -p "$1" && echo data > "$1/in.txt" && chmod 700 "$1"', "sh", shared], check=True)
+    try:
+        source = site_source(session, work_dir, f"{shared}/in.txt")
+        result = copy_file(source, LocalDestination(tmp_path), "in.txt")
+        assert (tmp_path / "in.txt").read_text() == "data\n" and result.size == 5
+        with pytest.raises(PathOutsideWorkDir):
+            site_source(session, work_dir, "../../dl-shared/in.txt")
+        with pytest.raises(SourceUnavailable, match="cannot be read"):  # sciuser2 may not look in there
+            site_source(session2, work_dir2, f"{shared}/in.txt")
+    finally:
+        session.run(["rm", "-rf", "--", shared])
