@@ -24,7 +24,7 @@ from catalogue.schemas import (
     Highlight,
     StorageTargetRef,
 )
-from catalogue.service import Principal, visible
+from catalogue.service import Principal, shown_location, visible
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +169,18 @@ _PAGE_ROWS = (
            Dataset.storage_target_id, StorageTarget.name, Dataset.location_path, Dataset.protocol, Dataset.site,
            Dataset.format, Dataset.size_bytes, Dataset.checksum_sha256, Dataset.license, Dataset.creators,
            Dataset.keywords, Dataset.version, Dataset.access, Dataset.doi, Dataset.handle, Dataset.extra_metadata,
-           Dataset.owner_name, Dataset.created_at, Dataset.modified_at, Dataset.revision)
+           Dataset.owner_name, Dataset.created_at, Dataset.modified_at, Dataset.revision, Dataset.owner_id)
     .outerjoin(StorageTarget, StorageTarget.id == Dataset.storage_target_id)
     .where(Dataset.pk.in_(bindparam("page_keys", expanding=True)))
 )
 
 
-def _hit_of(row: Any, hit: Highlight | None) -> DatasetHit:
+def _hit_of(row: Any, hit: Highlight | None, who: Principal | None) -> DatasetHit:
     """A listing's item from a row of _PAGE_ROWS (what to_out gives with_readers=False)."""
     (_pk, id_, title, description, location, target_id, target_name, path, protocol, site, format_, size,
      checksum, license_, creators, keywords, version, access, doi, handle, metadata, owner, created_at,
-     modified_at, revision) = row
+     modified_at, revision, owner_id) = row
+    location, path = shown_location(id_, owner_id, protocol, location, path, who)
     return DatasetHit(
         id=id_, title=title, description=description, location=location,
         storage_target=StorageTargetRef(id=target_id, name=target_name) if target_id else None,
@@ -240,7 +241,7 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
         if pattern is not None:
             hit = Highlight(title_html=search.highlight(row.title, pattern),
                             snippet_html=search.snippet(row.description or ", ".join(row.keywords), pattern))
-        items.append(_hit_of(row, hit))
+        items.append(_hit_of(row, hit, who))
     return DatasetPage(items=items, next_cursor=next_cursor)
 
 

@@ -132,17 +132,29 @@ def visible(who: Principal | None) -> ColumnElement[bool]:
 
 # --- shapes ------------------------------------------------------------------------------------
 
+def shown_location(dataset_id: str, owner_id: str, protocol: str | None, location: str | None, path: str | None,
+                   who: Principal | None) -> tuple[str | None, str | None]:
+    """The location and path a caller is shown. A file on the gateway's host is its owner's (and
+    an admin's) business: others, anonymous visitors too, see the reference the pipelines take
+    (``dataset:<id>``), never a path of the gateway's host."""
+    if protocol == "file" and not can_write(owner_id, who):
+        return f"dataset:{dataset_id}", None
+    return location, path
+
+
 def to_out(dataset: Dataset, who: Principal | None, hit: Highlight | None = None, *,
            with_readers: bool = True) -> DatasetHit:
     """The API view of a dataset; readers are shown to those who may change it (and not in listings)."""
     target = dataset.storage_target if dataset.storage_target_id else None
+    location, path = shown_location(dataset.id, dataset.owner_id, dataset.protocol, dataset.location_url,
+                                    dataset.location_path, who)
     return DatasetHit(
         id=dataset.id,
         title=dataset.title,
         description=dataset.description,
-        location=dataset.location_url,
+        location=location,
         storage_target=StorageTargetRef(id=target.id, name=target.name) if target else None,
-        path=dataset.location_path,
+        path=path,
         protocol=dataset.protocol,
         site=dataset.site,
         format=dataset.format,

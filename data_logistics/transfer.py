@@ -778,7 +778,7 @@ class LocalDestination(Destination):
         remote.check_relative_text(path)
         target = (self.root / path).resolve()  # an absolute `path` replaces the root, then is checked
         if target == self.root or not target.is_relative_to(self.root):
-            raise PathOutsideWorkDir(f"{path!r} resolves outside the storage root {self.root}", field="path")
+            raise PathOutsideWorkDir(f"{path!r} resolves outside the storage", field="path")
         return target
 
     def prepare(self, path: str) -> TargetState:

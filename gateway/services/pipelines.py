@@ -158,7 +158,7 @@ def owned_file(storage_root: Path, owner_id: str, path: str, what: str) -> dict[
     confined to their own folder or to the shared part of the storage outside ``users/``: no
     dataset or storage target points its readers at someone else's files."""
     root = str(storage_root)
-    relative = _relative(path, root, "source", f"the pipelines' storage ({root})")
+    relative = _relative(path, root, "source", "the pipelines' storage")
     parts = relative.split("/")
     if parts[0] != USERS_AREA:
         return {"area": None, "path": relative}

@@ -114,6 +114,18 @@ def test_ownership_matrix_on_every_endpoint(actors: dict[str, Any], unique: str,
     assert after.status_code == (404 if write == 200 else 200)
 
 
+def test_a_file_on_the_gateways_host_is_shown_to_its_owner_only(actors: dict[str, Any], unique: str) -> None:
+    """Anonymous listings showed file:///var/tmp/.../storage/...: a path of the gateway's host."""
+    d = _dataset(actors["owner"], unique, "public", location=f"file:///srv/hpcwaas/storage/{unique}/zen.txt")
+    for who in ("anonymous", "other"):
+        shown = actors[who].get(f"/catalogue/datasets/{d['id']}").json()
+        assert shown["location"] == f"dataset:{d['id']}" and shown["path"] is None, shown
+        listed = actors[who].get("/catalogue/datasets", params={"q": f"tag{unique}"}).json()["items"]
+        assert "/srv/hpcwaas" not in str(listed) and listed, listed
+    for who in ("owner", "admin"):
+        assert actors[who].get(f"/catalogue/datasets/{d['id']}").json()["location"].startswith("file:///srv/")
+
+
 def test_readers_list_shown_to_owner_and_admin_only(actors: dict[str, Any], unique: str) -> None:
     d = _dataset(actors["owner"], unique, "restricted", readers=["dave", "bob"])
     assert actors["owner"].get(f"/catalogue/datasets/{d['id']}").json()["readers"] == ["bob", "dave"]
