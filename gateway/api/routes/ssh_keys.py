@@ -26,7 +26,8 @@ def list_keys(db: SessionDep, user: CurrentUser) -> list[SSHKeyOut]:
     return [SSHKeyOut.model_validate(k) for k in service.list_own(db, user)]
 
 
-@router.get("/{key_id}", response_model=SSHKeyOut, summary="Show one of your keys")
+@router.get("/{key_id}", response_model=SSHKeyOut,
+            summary="Show one of your keys (an admin: any key's public half and fingerprint)")
 def show(key_id: str, db: SessionDep, user: CurrentUser) -> SSHKeyOut:
     return SSHKeyOut.model_validate(service.get_visible(db, user, key_id))
 

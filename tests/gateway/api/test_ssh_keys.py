@@ -180,3 +180,16 @@ def test_database_down_is_503(settings: Settings) -> None:
         health = other.get("/health")
     assert resp.status_code == 503 and error_of(resp)["code"] == "database_unavailable"
     assert health.status_code == 503
+
+
+def test_an_admin_sees_what_the_readme_says_and_no_more(people: dict[str, Person]) -> None:
+    """README: an admin sees any key's metadata (public half, fingerprint, login), never a private
+    half, and cannot use it (a key serves its owner's own runs only)."""
+    key = people["alice"].post("/ssh_keys", json={"login": "sciuser1"}).json()
+    seen = people["admin"].get(f"/ssh_keys/{key['id']}")
+    assert seen.status_code == 200 and seen.json()["fingerprint"] == key["fingerprint"]
+    assert not [name for name in seen.json() if "private" in name or "secret" in name], seen.json()
+    assert "PRIVATE KEY" not in seen.text
+    assert people["bob"].get(f"/ssh_keys/{key['id']}").status_code == 404  # not anyone's business
+    check = people["admin"].post(f"/ssh_keys/{key['id']}/check", json={"site": "local"})
+    assert check.status_code == 404, check.text  # the admin cannot log in with it
