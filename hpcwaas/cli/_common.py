@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpcwaas.client import ApiError, Client
 from hpcwaas.errors import HpcwaasError
@@ -111,7 +112,29 @@ def _cell(value: Any) -> str:
 
 
 def fields(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
-    """Key: value lines."""
-    for k in keys or list(data):
-        v = data.get(k)
-        console.print(f"[bold]{k}[/bold]: {'' if v is None else v}")
+    """Key: value lines; a nested map or list as indented lines below its key, values as they are
+    (no quotes, no doubled backslashes, no markup)."""
+    for line in _field_lines(data, keys or list(data), 0):
+        console.print(line, markup=False, highlight=False, soft_wrap=False)
+
+
+def _field_lines(data: dict[str, Any], keys: Sequence[str], depth: int) -> list[Text]:
+    lines = []
+    pad = "  " * depth
+    for key in keys:
+        value = data.get(key)
+        head = Text(f"{pad}{key}:", style="bold")
+        if isinstance(value, dict) and value:
+            lines.append(head)
+            lines.extend(_field_lines(value, list(value), depth + 1))
+        elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            lines.append(head)
+            for item in value:
+                if isinstance(item, dict):
+                    lines.append(Text(f"{pad}  -"))
+                    lines.extend(_field_lines(item, list(item), depth + 2))
+                else:
+                    lines.append(Text(f"{pad}  - {_cell(item)}"))
+        else:
+            lines.append(head + Text(f" {_cell(value)}" if value not in (None, "", [], {}) else ""))
+    return lines

@@ -156,3 +156,25 @@ def test_inputs_are_converted_by_their_declared_types() -> None:
                        ("nme=x", "the workflow has no input 'nme'; its inputs are: dry, files, name, rate, top")]:
         with pytest.raises(typer.BadParameter, match=said.replace("(", r"\(").replace("[", r"\[")):
             parse_inputs([item], declared)
+
+
+def test_records_fit_a_terminal_with_nested_fields_indented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata was one overlong JSON-ish line with doubled backslashes; now indented fields, as-is."""
+    import io
+
+    from rich.console import Console
+
+    from hpcwaas.cli import _common
+
+    out = io.StringIO()
+    monkeypatch.setattr(_common, "console", Console(file=out, width=80, color_system=None))
+    record = {"id": "d1", "title": "[bold]not markup[/bold]", "path": "C:\\data\\run",
+              "metadata": {"instrument": {"name": "CTD", "serial": 42}, "tags": ["a", "b"]},
+              "creators": [{"name": "Ada", "orcid": "0000-0001"}], "doi": None}
+    _common.fields(record)
+    text = out.getvalue()
+    assert text.splitlines() == [
+        "id: d1", "title: [bold]not markup[/bold]", "path: C:\\data\\run", "metadata:", "  instrument:",
+        "    name: CTD", "    serial: 42", "  tags: a, b", "creators:", "  -", "    name: Ada", "    orcid: 0000-0001",
+        "doi:"]
+    assert max(len(line) for line in text.splitlines()) <= 80
