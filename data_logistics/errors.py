@@ -57,6 +57,8 @@ class AirflowUnavailable(StagingError):
     """Airflow's API server cannot be reached or refused our credentials."""
 
     code = "airflow_unavailable"
+    transient = True
+    service = "Airflow's API server"
 
 
 class AirflowError(StagingError):

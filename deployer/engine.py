@@ -60,6 +60,7 @@ from deployer.functions import Context, Evaluator
 from deployer.model import NodeInstance, NodeState, OperationDef, Topology
 from deployer.plan import NodePlan, Phase, Plan, PlannedOp, deploy_plan, undeploy_plan
 from deployer.state import ACTIVE_OP_STATUSES, DeploymentRecord, OpRecord, RunRecord, StateStore
+from deployer.transient import describe, transient_cause
 from hpcwaas.ssh import SiteEndpoint
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ _DEPLOY_ORDER = [
 HPC_SITE = "hpcwaas.nodes.HPCSite"
 LOCALHOST = "hpcwaas.nodes.Localhost"
 MAX_WAIT = 24 * 3600.0  # a Waiting.after beyond this is clamped
+TRANSIENT_WINDOW = 1800.0  # seconds an operation waits for a service that is away (an operator's setting)
+_TRANSIENT_KEYS = ("transient_since", "transient_tries", "transient_reason", "transient_retry")
 
 
 class Suspended(Exception):
@@ -151,6 +154,7 @@ class Engine:
         context: Mapping[str, Any] | None = None,
         cancel_check: Callable[[], bool] | None = None,
         sandbox: bool = True,
+        transient_window: float = TRANSIENT_WINDOW,
     ) -> None:
         """Load (or start) the record of ``deployment_id`` from ``store``.
 
@@ -159,7 +163,10 @@ class Engine:
         operation starts and between polls of a blocking call: when it returns True the run is
         cancelled (e.g. the gateway reads its row's cancel flag). ``sandbox=False`` runs playbooks
         without :mod:`deployer.sandbox` (only for an operator's own templates, never the gateway).
+        ``transient_window``: for how many seconds an operation that meets a service away
+        (:mod:`deployer.transient`) waits and tries again before it fails.
         """
+        self.transient_window = transient_window
         self.topology = topology
         self.store = store
         self.deployment_id = check_id(deployment_id)
@@ -442,7 +449,7 @@ class Engine:
             executor = self.executors.get(op.implementation.artifact_type)
             suspendable = is_suspendable(executor)
             outcome: OperationResult | Waiting
-            if waiting:
+            if waiting and memo.get("transient_retry") != "start":
                 outcome = self._poll(executor, request, hooks, run, key)
             elif suspendable and not (self._blocking and callable(getattr(executor, "run", None))):
                 outcome = executor.start(request, hooks)  # type: ignore[union-attr]
@@ -461,13 +468,17 @@ class Engine:
             result = outcome
         except (Suspended, Cancelled):
             raise
-        except DeployerError as exc:
-            self._op_failed(run, key, node, op, exc)
-            raise
-        except Exception as exc:  # an executor bug must still leave a record and name the operation
-            err = OperationError(f"{type(exc).__name__}: {exc}", node=node, interface=op.interface, operation=op.name)
-            self._op_failed(run, key, node, op, err)
-            raise err from exc
+        except Exception as exc:
+            again = self._wait_out(run, key, node, op, target, exc, retry="poll" if waiting and
+                                   memo.get("transient_retry") != "start" else "start")
+            if again is None:
+                raise self._failure(run, key, node, op, exc) from exc
+            if not self._blocking:
+                raise Suspended(again) from None
+            if self._cancel.wait(max(0.0, again - time.time())) or self._cancel_wanted():
+                raise Cancelled() from None
+            return self.run_operation(run, key, node, op, runs_on=runs_on, ctx=ctx, extra_inputs=extra_inputs,
+                                      input_overrides=input_overrides, attributes_to=attributes_to, step=step)
         with self._lock:
             inst = self.record.nodes[target]
             inst.attributes.update(result.attributes)
@@ -478,6 +489,8 @@ class Engine:
                     inst.attributes[str(mapping[-1])] = result.outputs[out_name]
             rec = run.ops[key]
             rec.status = "done"
+            for name in _TRANSIENT_KEYS:
+                rec.memo.pop(name, None)
             rec.finished_at = time.time()
             rec.wake_at = None
             rec.outputs = dict(result.outputs)
@@ -485,6 +498,45 @@ class Engine:
             self.ops_run += 1
             self._commit()
         self._emit(Event("op_done", node=node, op=op.key, seconds=time.perf_counter() - started))
+
+    def _wait_out(self, run: RunRecord, key: str, node: str, op: OperationDef, target: str, exc: Exception,
+                  retry: str) -> float | None:
+        """Save the operation as waiting for a service that is away; None when ``exc`` is not such
+        a fault or the window is spent. ``retry`` says what to do on waking: start it again (safe:
+        executors find what a start already did by its tag) or poll it."""
+        cause = transient_cause(exc)
+        if cause is None or self.transient_window <= 0:
+            return None
+        now = time.time()
+        with self._lock:
+            memo = run.ops[key].memo
+            since = float(memo.get("transient_since") or now)
+            tries = int(memo.get("transient_tries") or 0) + 1
+        if now - since >= self.transient_window:
+            return None
+        reason = describe(cause)
+        moment = time.strftime("%H:%M:%S", time.localtime(since))
+        return self._op_waiting(run, key, node, op, target, Waiting(
+            after=min(5.0 * 2 ** min(tries - 1, 4), 60.0),
+            memo={"transient_since": since, "transient_tries": tries, "transient_reason": reason,
+                  "transient_retry": retry},
+            message=f"waiting: {reason} (since {moment}; trying again until {self.transient_window / 60:.0f} "
+                    "min have passed)"))
+
+    def _failure(self, run: RunRecord, key: str, node: str, op: OperationDef, exc: Exception) -> DeployerError:
+        """Record the operation failed; the error to raise (a service away past the window says for how long)."""
+        err = exc if isinstance(exc, DeployerError) else OperationError(
+            f"{type(exc).__name__}: {exc}", node=node, interface=op.interface, operation=op.name)
+        with self._lock:
+            since = run.ops[key].memo.get("transient_since")
+        cause = transient_cause(exc)
+        if cause is not None and since is not None:
+            minutes = (time.time() - float(since)) / 60
+            err = OperationError(f"{describe(cause)}; still away after {minutes:.0f} min of trying, so {node}: "
+                                 f"{op.key} failed", node=node, interface=op.interface, operation=op.name,
+                                 hint=f"an operator should check {cause.service or 'the site'}; then resume the run")
+        self._op_failed(run, key, node, op, err)
+        return err
 
     def _poll(
         self, executor: Any, request: OperationRequest, hooks: _Hooks, run: RunRecord, key: str

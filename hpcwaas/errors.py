@@ -6,7 +6,7 @@ person needs (site, host, user, operation, stderr). The gateway maps them to HTT
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class HpcwaasError(Exception):
@@ -17,6 +17,11 @@ class HpcwaasError(Exception):
     """
 
     code = "error"
+    #: A service is away for a while (unreachable, sealed, restarting): work that met this error
+    #: waits and tries again (the engine's transient window) instead of failing. ``service``
+    #: names it for the person who waits.
+    transient: ClassVar[bool] = False
+    service: ClassVar[str] = ""
 
     def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
         super().__init__(message)
@@ -44,6 +49,8 @@ class VaultUnavailable(VaultError):
     """Vault cannot be reached, is sealed, or refused the gateway's token."""
 
     code = "vault_unavailable"
+    transient = True
+    service = "Vault"
 
 
 class SecretNotFound(VaultError):
@@ -68,6 +75,8 @@ class SiteUnreachable(SSHError):
     """The site's login host did not answer (connection refused, timeout, DNS)."""
 
     code = "site_unreachable"
+    transient = True
+    service = "the site's login node (SSH)"
 
 
 class HostKeyMismatch(SSHError):
@@ -92,3 +101,11 @@ class SchedulerError(HpcwaasError):
     """The batch scheduler refused or failed a request."""
 
     code = "scheduler_error"
+
+
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler's controller does not answer (restarting, overloaded)."""
+
+    code = "scheduler_unavailable"
+    transient = True
+    service = "the site's batch scheduler"

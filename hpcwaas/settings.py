@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     engine_workers: int = Field(default=4, ge=0, le=64, description="Records advanced at once per process.")
     engine_operation_workers: int = Field(default=4, ge=1, le=64, description="Parallel operations per record.")
     engine_lease_seconds: float = Field(default=60.0, ge=5.0, description="A dead worker's records wait this long.")
+    engine_transient_window_minutes: float = Field(
+        default=30.0, ge=0, description="How long a step waits for a service that is away (the site's SSH "
+        "server, Slurm's controller, Vault, Airflow) before it fails; 0 fails at once.")
     engine_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for work.")
 
     # The standalone deployer (`hpcwaas-deploy`): the gateway always sandboxes developer code.

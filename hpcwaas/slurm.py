@@ -15,8 +15,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
-from hpcwaas.errors import SchedulerError
-from hpcwaas.ssh import SSHSession
+from hpcwaas.errors import SchedulerError, SchedulerUnavailable
+from hpcwaas.ssh import CommandResult, SSHSession
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -255,6 +255,16 @@ def _combined(job_id: str, infos: list[JobInfo]) -> JobInfo:
                    stderr_path=verdict.stderr_path, tasks=tasks)
 
 
+# What Slurm's commands print when the controller is away (restarting, overloaded): no answer
+# about the job can be trusted then, and none is a refusal of it.
+_CONTROLLER_AWAY = re.compile(r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted|"
+                              r"Connection refused|Communication connection failure|Slurm backup controller")
+
+
+def _controller_away(result: CommandResult) -> bool:
+    return result.exit_code != 0 and bool(_CONTROLLER_AWAY.search(result.stderr or ""))
+
+
 def check_job_id(job_id: str) -> str:
     """``job_id`` when it is a Slurm job id (``123`` or ``123_4``); else a SchedulerError."""
     if not re.fullmatch(r"\d+(_\d+)?", job_id):
@@ -286,6 +296,8 @@ class Slurm:
     def submit(self, spec: JobSpec) -> str:
         """Submit a job and return its id."""
         result = self.session.run(["sbatch", *spec.sbatch_args()], input=spec.rendered_script, timeout=120)
+        if _controller_away(result):
+            raise SchedulerUnavailable(f"Slurm's controller does not answer: {result.stderr.strip()[-300:]}")
         if result.exit_code != 0:
             raise SchedulerError(
                 f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}",
@@ -317,6 +329,8 @@ class Slurm:
         ids: set[str] = set()
         me = self.session.username
         live = self.session.run(["scontrol", "show", "job", "-o"], timeout=60)
+        if _controller_away(live):  # accounting alone may not know a job submitted a moment ago
+            raise SchedulerUnavailable(f"Slurm's controller does not answer: {live.stderr.strip()[-300:]}")
         for line in live.stdout.splitlines():
             fields = _fields(line)
             if fields.get("Comment") == comment and fields.get("UserId", "").split("(")[0] == me:
@@ -343,6 +357,9 @@ class Slurm:
         if live.exit_code == 0 and live.stdout.strip():
             return _combined(job_id, [_live_info(_fields(line)) for line in live.stdout.splitlines() if line.strip()])
         found = self.accounting(job_id)
+        if found is None and _controller_away(live):
+            raise SchedulerUnavailable(f"Slurm's controller does not answer: {live.stderr.strip()[-300:]}",
+                                       job_id=job_id)
         if found is None:
             raise SchedulerError(f"Slurm does not know job {job_id}", job_id=job_id)
         return found

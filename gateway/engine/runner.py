@@ -209,6 +209,7 @@ class Runner:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=deployment_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers,
+                                transient_window=self.settings.engine_transient_window_minutes * 60,
                                 credentials=credentials,
                                 on_event=sink, context=context)
                 if undeploy:
@@ -279,6 +280,7 @@ class Runner:
             with self.topologies.load(bundle, inputs) as (topology, resolved):
                 engine = Engine(topology, store, deployment_id=execution_id, inputs=resolved,
                                 workers=self.settings.engine_operation_workers,
+                                transient_window=self.settings.engine_transient_window_minutes * 60,
                                 credentials=credentials,
                                 on_event=sink, context=context, cancel_check=lambda: self._cancel_wanted(execution_id))
                 if cancel:

@@ -89,12 +89,13 @@ class SiteCase:
     def session(self) -> Any:
         return connect(self.endpoint, USER, self.credential["private_key"])
 
-    def engine(self, events: list[Event] | None = None) -> Engine:
+    def engine(self, events: list[Event] | None = None, **options: Any) -> Engine:
         """A fresh engine over the folder store: each call of a worker builds one."""
         with open_package(self.tpl) as package:
             topology, resolved = load_topology(package, {**self.inputs})
         return Engine(topology, FolderStateStore(self.state), deployment_id="nb", inputs=resolved,
-                      credentials=self.credential["provider"], on_event=events.append if events is not None else None)
+                      credentials=self.credential["provider"], on_event=events.append if events is not None else None,
+                      **options)
 
     def jobs_named(self, session: SSHSession) -> list[str]:
         """Job ids with this test's job name in accounting (which lags the controller a little)."""
@@ -246,3 +247,75 @@ def test_each_call_holds_no_connection(case_factory: Any) -> None:
     out = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
     assert not [line for line in out.splitlines() if f":{case.site.port}" in line and f"pid={me}," in line]
     assert poll_until_done(case)[-1].status == "done"
+
+
+class Sshd:
+    """A second sshd of the site (the stack's config, on a port of its own) to stop and start."""
+
+    def __init__(self, folder: Path) -> None:
+        config = Path("/var/tmp/hpcwaas-stack/sshd/sshd_config").read_text()
+        self.port = _free_port()
+        self.config = folder / "sshd_config"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.write_text("".join(
+            f"ListenAddress 127.0.0.1:{self.port}\n" if line.startswith("ListenAddress") else
+            "PidFile none\n" if line.startswith("PidFile") else line + "\n" for line in config.splitlines()))
+        self.log = folder / "sshd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E", str(self.log)])
+        wait_for(lambda: _port_open(self.port), timeout=20, what="the second sshd")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_an_sshd_away_at_submit_is_waited_out_and_the_job_runs_once(case_factory: Any, tmp_path: Path) -> None:
+    """Seen: a site whose sshd was down for a moment turned the run FAILED at once."""
+    case = case_factory("#!/bin/bash\necho came back\n")
+    sshd = Sshd(tmp_path / "sshd")
+    case.inputs["port"] = sshd.port  # nothing listens yet: connection refused
+    try:
+        run = case.engine().run_workflow("execute", blocking=False)
+        assert run.status == "waiting", run.error
+        op = next(iter(run.ops.values()))
+        assert op.status == "waiting" and "login node (SSH)" in op.memo["transient_reason"], op.memo
+        assert op.memo["transient_retry"] == "start" and not op.memo.get("job_id")
+        sshd.start()
+        final = poll_until_done(case)[-1]
+        assert final.status == "done", final.error
+        assert not any(k.startswith("transient") for k in next(iter(final.ops.values())).memo)
+        with case.session() as session:
+            assert len(case.jobs_named(session)) == 1  # submitted once
+    finally:
+        sshd.stop()
+
+
+def test_a_service_away_past_the_window_fails_saying_what_and_how_long(case_factory: Any, tmp_path: Path) -> None:
+    case = case_factory("#!/bin/bash\ntrue\n")
+    case.inputs["port"] = _free_port()  # never answers
+    run = case.engine(transient_window=1.0).run_workflow("execute", blocking=False)
+    assert run.status == "waiting"
+    time.sleep(max(1.2, (run.wake_at or 0) - time.time()))  # past the window, and due again
+    run = case.engine(transient_window=1.0).run_workflow("execute", resume=True, blocking=False)
+    assert run.status == "failed"
+    assert "the site's login node (SSH)" in (run.error or "") and "still away after" in (run.error or ""), run.error
