@@ -270,6 +270,11 @@ class Engine:
                     hint="start a new run (without resume)",
                 )
             self._retry_failed = last.status == "failed"  # a failed run resumed: retry what failed
+            if self._retry_failed:
+                # Forget the failed and skipped steps now (saved with the run), not only for this
+                # call: a retried step that waits is taken up by later calls, which must run the
+                # steps after it too.
+                last.steps = {name: state for name, state in last.steps.items() if state == "done"}
             return last
         return None
 
@@ -416,10 +421,14 @@ class Engine:
                 attempts = rec.attempts
             else:
                 attempts = rec.attempts + 1 if rec is not None else 1
+                # A failed operation retried on request starts afresh: what its failed try
+                # remembered (its job, its pipeline run) is not looked for again.
+                retried = rec is not None and rec.status == "failed"
                 run.ops[key] = OpRecord(
                     status="running",
                     attempts=attempts,
-                    memo=dict(rec.memo) if rec is not None else {},
+                    memo=({"retry": int(rec.memo.get("retry") or 0) + 1} if retried else dict(rec.memo))
+                    if rec is not None else {},
                     node=node,
                     operation=op.key,
                     runs_on=runs_on,

@@ -214,6 +214,9 @@ class Client:
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/executions/{execution_id}"))
 
+    def resume_execution(self, execution_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/executions/{execution_id}/resume"))
+
     def cancel_execution(self, execution_id: str) -> dict[str, Any]:
         return dict(self.request("DELETE", f"/executions/{execution_id}"))
 

@@ -106,9 +106,13 @@ class OperationRequest:
         """A stable id for this operation in this run (Slurm ``--comment``, DAG run ids, logs).
 
         Only ``[A-Za-z0-9_.:=,/-]``, at most 128 characters (long ones end in a hash, so two
-        operations never share a tag); the same on every attempt and every process.
+        operations never share a tag); the same on every attempt and every process, until a failed
+        operation is retried on request (``memo["retry"]``): then the new try has a tag of its own,
+        so it starts a new job or pipeline run instead of finding the failed one.
         """
-        raw = f"hpcwaas:{self.deployment_id}:{self.run_id}:{self.key or self.node + ':' + self.op.key}"
+        retry = int(self.memo.get("retry") or 0)
+        raw = (f"hpcwaas:{self.deployment_id}:{self.run_id}:{self.key or self.node + ':' + self.op.key}"
+               + (f":retry{retry}" if retry else ""))
         tag = _TAG_BAD.sub("_", raw)
         if len(tag) > 128:
             tag = tag[:111] + ":" + hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -212,7 +212,8 @@ class ExecutionState(enum.StrEnum):
     running: the workflow runs: stage-in, batch job, stage-out; per-step states are in ``steps``.
     cancelling: cancel requested; Slurm jobs and pipeline runs are being cancelled.
     completed: every step succeeded; ``outputs`` holds the results (terminal).
-    failed: a step failed; ``error`` names it and carries the stderr tail (terminal).
+    failed: a step failed; ``error`` names it and carries the stderr tail (terminal for the engine;
+        its owner may resume it from the failed step: back to pending).
     cancelled: cancelled by its owner or an admin (terminal).
     """
 

@@ -386,6 +386,23 @@ def cancel_execution(db: Session, user: User, execution_id: str) -> Execution:
     return execution
 
 
+def resume_execution(db: Session, user: User, execution_id: str) -> Execution:
+    """Take up a failed execution again from its failed step: what finished is reused (the
+    engine retries only the failed operations; a batch job or pipeline run that completed is not
+    repeated). The owner or an admin may; an execution that has not failed is a 409."""
+    execution = get_execution(db, user, execution_id)
+    if execution.state != ExecutionState.FAILED:
+        raise Conflict(f"execution {execution_id} is {execution.state.value}; only a failed one can be resumed",
+                       hint="a cancelled or completed execution is not resumed: invoke the workflow again")
+    if execution.record is None:
+        raise Conflict(f"execution {execution_id} failed before any step ran; nothing to resume",
+                       hint="invoke the workflow again")
+    execution.state, execution.error, execution.finished_at = ExecutionState.PENDING, None, None
+    execution.wake_at = utcnow()
+    db.commit()
+    return execution
+
+
 def log_page(db: Session, subject_id: str, after: int, limit: int = 500) -> list[LogLine]:
     """Log lines of a deployment or execution after ``after``, in order."""
     return list(db.scalars(select(LogLine).where(LogLine.subject_id == subject_id, LogLine.seq > after)

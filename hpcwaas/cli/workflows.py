@@ -323,6 +323,17 @@ def cancel(execution_id: str) -> None:
         emit(api.cancel_execution(execution_id), lambda d: console.print(f"execution {d['id']}: {d['state']}"))
 
 
+@executions.command("resume")
+def resume(execution_id: str, follow_it: bool = typer.Option(False, "--follow", "-f",
+                                                            help="Show the steps live until the end.")) -> None:
+    """Resume a failed execution from its failed step (what finished is reused)."""
+    with errors(), client() as api:
+        out = api.resume_execution(execution_id)
+        if follow_it and not State.json_output:
+            out = follow(api, out["id"])
+    emit(out, lambda d: console.print(f"execution {d['id']}: {d['state']}"))
+
+
 @executions.command("provenance")
 def provenance(execution_id: str) -> None:
     """Who ran which workflow version and image, its Slurm jobs and pipeline runs, datasets in and

@@ -58,6 +58,12 @@ def cancel(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut
     return ExecutionOut.model_validate(service.cancel_execution(db, user, execution_id))
 
 
+@router.post("/executions/{execution_id}/resume", response_model=ExecutionOut, status_code=202,
+             summary="Resume a failed execution from its failed step (what finished is reused)")
+def resume(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut:
+    return ExecutionOut.model_validate(service.resume_execution(db, user, execution_id))
+
+
 @router.get("/executions/{execution_id}/outputs", summary="The outputs (catalogue ids of results, ...)")
 def outputs(execution_id: str, db: SessionDep, user: CurrentUser) -> dict[str, object]:
     return dict(service.get_execution(db, user, execution_id).outputs)
