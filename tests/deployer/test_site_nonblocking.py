@@ -319,3 +319,26 @@ def test_a_service_away_past_the_window_fails_saying_what_and_how_long(case_fact
     run = case.engine(transient_window=1.0).run_workflow("execute", resume=True, blocking=False)
     assert run.status == "failed"
     assert "the site's login node (SSH)" in (run.error or "") and "still away after" in (run.error or ""), run.error
+
+
+def test_a_slurm_controller_away_at_submit_is_waited_out_without_a_second_job(case_factory: Any) -> None:
+    """Seen: a Slurm controller restarting at submit time turned the run FAILED at once. Here it
+    hangs (SIGSTOP) through the submit: the step waits, and the job that sbatch may have left in
+    the controller's queue is found by its tag, not submitted again."""
+    import signal
+
+    from hpcwaas.settings import get_settings
+
+    case = case_factory("#!/bin/bash\necho after the controller came back\n")
+    pid = int((get_settings().stack_dir / "slurm" / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        run = case.engine().run_workflow("execute", blocking=False)  # its commands time out (~10 s)
+        op = next(iter(run.ops.values()))
+        assert run.status == "waiting" and "batch scheduler" in op.memo.get("transient_reason", ""), (run, op.memo)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    final = poll_until_done(case)[-1]
+    assert final.status == "done", final.error
+    with case.session() as session:
+        assert len(case.jobs_named(session)) == 1
