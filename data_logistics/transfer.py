@@ -1021,6 +1021,13 @@ def copy_file(
         )
     total = source.size()
     report.state.bytes_total, report.state.files_total = total, 1
+    if overwrite and state.exists and declared is not None and destination.sha256(state.final) == declared:
+        # Replacing a file with the very same bytes (a redeployed image, say): nothing to copy.
+        report.state.files_done = 1
+        report.phase("done")
+        return TransferResult(kind="file", source=source.label, destination=destination.label, path=state.final,
+                              size=total or 0, files=1, sha256=declared, resumed_from=total or 0,
+                              seconds=time.monotonic() - began, skipped=[state.final])
     # After a resume the stream no longer covers the whole file: the source must then be hashed
     # at rest, or the declared checksum stands for it.
     can_rehash = isinstance(source, LocalFile | SiteFile) or declared is not None

@@ -536,3 +536,21 @@ def test_an_absolute_source_is_read_where_it_is_a_relative_one_inside_the_work_d
             site_source(session2, work_dir2, f"{shared}/in.txt")
     finally:
         session.run(["rm", "-rf", "--", shared])
+
+
+def test_the_same_bytes_again_are_not_copied(tmp_path: Path, session: SSHSession, work_dir: str) -> None:
+    """Redeploying an unchanged image copied it again: with its checksum known and the very same
+    bytes at the destination, a replacing copy does nothing (the site's file is hashed at rest)."""
+    digest = make_file(tmp_path / "image.sif", 2 * MiB)
+    first = copy_file(LocalFile(tmp_path / "image.sif"), SiteDestination(session, work_dir), "images/image.sif",
+                      overwrite=True, expected_sha256=digest)
+    assert first.skipped == [] and first.sha256 == digest
+    stamp = session.run(["stat", "-c", "%Y %i", first.path], check=True).stdout
+    again = copy_file(LocalFile(tmp_path / "image.sif"), SiteDestination(session, work_dir), "images/image.sif",
+                      overwrite=True, expected_sha256=digest)
+    assert again.skipped == [first.path] and again.sha256 == digest and again.size == 2 * MiB
+    assert session.run(["stat", "-c", "%Y %i", first.path], check=True).stdout == stamp  # untouched
+    make_file(tmp_path / "image.sif", 2 * MiB, seed=2)  # changed: copied
+    changed = copy_file(LocalFile(tmp_path / "image.sif"), SiteDestination(session, work_dir), "images/image.sif",
+                        overwrite=True)
+    assert changed.skipped == [] and changed.sha256 != digest
