@@ -199,3 +199,19 @@ def test_scientist_invokes_with_the_cli(gateway: tuple[str, Settings], deploymen
     finally:
         get_settings.cache_clear()
         revoke_key("sciuser1", key["public_key"])
+
+
+def test_undeploy_removes_the_image_it_put_on_the_site(gateway: tuple[str, Settings], deployment: dict[str, Any],
+                                                      people: dict[str, Person]) -> None:
+    """Last in this module (it ends the shared deployment): the image deploy moved to the site is
+    removed by undeploy, with the developer's account."""
+    url, _ = gateway
+    dave = _as(people["dave"], url)
+    image = Path(deployment["deployment"]["outputs"]["image_on_site"])  # the site is this machine
+    assert image.is_file()
+    location = f"/deployments/{deployment['deployment']['id']}"
+    assert dave.delete(location).status_code == 202
+    final = _wait(lambda: dave.get(location).json(), lambda d: d["state"] in ("undeployed", "failed"), 300,
+                  "the undeploy")
+    assert final["state"] == "undeployed", final["error"]
+    assert not image.exists(), f"{image} is still on the site"
