@@ -464,6 +464,7 @@ class Engine:
                 outcome = executor.start(request, hooks)  # type: ignore[union-attr]
             else:
                 outcome = executor.run(request, hooks)  # type: ignore[union-attr]
+            self._reached(run, key)
             while isinstance(outcome, Waiting):
                 if not suspendable:
                     raise TypeError(f"{type(executor).__name__}.run returned Waiting; only start/poll may")
@@ -507,6 +508,16 @@ class Engine:
             self.ops_run += 1
             self._commit()
         self._emit(Event("op_done", node=node, op=op.key, seconds=time.perf_counter() - started))
+
+    def _reached(self, run: RunRecord, key: str) -> None:
+        """The operation's services answered: forget an earlier wait for one that was away (the
+        next wake polls what was started instead of starting it again)."""
+        with self._lock:
+            memo = run.ops[key].memo
+            if any(name in memo for name in _TRANSIENT_KEYS):
+                for name in _TRANSIENT_KEYS:
+                    memo.pop(name, None)
+                self._commit()
 
     def _wait_out(self, run: RunRecord, key: str, node: str, op: OperationDef, target: str, exc: Exception,
                   retry: str) -> float | None:

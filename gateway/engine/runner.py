@@ -124,6 +124,9 @@ def _op_view(name: str, ops: list[Any], state: str) -> dict[str, Any]:
         "pipeline_run_id": memo.get("dag_run_id") or memo.get("pipeline_run_id"),
         "image_build_id": memo.get("image_build_id"),
         "error": next((op.error for op in ops if op.error), None),
+        # A service away: what the step waits for, and since when (epoch seconds).
+        "waiting_for": memo.get("transient_reason") if state == "waiting" else None,
+        "waiting_since": memo.get("transient_since") if state == "waiting" else None,
     }
 
 

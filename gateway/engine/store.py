@@ -81,6 +81,8 @@ class LogSink:
         where = ".".join(p for p in (event.node, event.op) if p)
         if event.kind == "log":
             self.write(event.message, step=where or None)
+        elif event.kind == "op_wait" and event.message.startswith("waiting: "):  # a service away
+            self.write(f"{where}: {event.message}", level="warning", step=where or None)
         elif event.kind == "op_failed":
             self.write(f"{where}: failed: {event.message}", level="error", step=where or None)
         elif event.kind in ("op_start", "op_done", "op_skip", "node_state", "run"):

@@ -55,6 +55,8 @@ class StepOut(BaseModel):
     job_id: str | None = None
     pipeline_run_id: str | None = None
     error: str | None = None
+    waiting_for: str | None = Field(default=None, description="A service the step waits for (it is away).")
+    waiting_since: float | None = Field(default=None, description="Since when it waits (epoch seconds).")
 
 
 class ExecutionOut(ORMModel):

@@ -1,10 +1,17 @@
-"""A failed execution resumed from its failed step: what finished (the stage-in) is reused, the
-failed batch job runs again, and the run completes (on the real stack, through a gateway process)."""
+"""Faults on the real stack, through a gateway process: a service away for a while is waited out,
+and a failed execution resumes from its failed step (what finished is reused)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
+from hpcwaas.settings import get_settings
 from hpcwaas.stack.info import SiteInfo
 from tests.gateway.engine.test_durability import (  # noqa: F401 - crash_rig is a fixture
     LOGIN,
@@ -49,3 +56,43 @@ def test_a_failed_execution_resumes_from_its_failed_step(crash_rig: CrashRig, si
         assert len(slurm_jobs(ssh, [execution_id], expect_each=2)[execution_id]) == 2
     again = alice.post(f"/executions/{execution_id}/resume")
     assert again.status_code == 409 and "only a failed one" in again.text  # completed: nothing to resume
+
+
+def test_airflow_away_at_stage_in_is_waited_out(crash_rig: CrashRig) -> None:  # noqa: F811
+    """Seen: Airflow's API server restarting during a stage-in turned the execution FAILED at once.
+    Here it is down when the stage-in starts: the step waits (saying so), and once the API server
+    is back the execution completes with one DAG run per staging step."""
+    rig = crash_rig
+    alice = rig.deployed.api(rig.deployed.people["alice"])
+    pid_file = get_settings().stack_dir / "airflow" / "api-server.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    wait_for(lambda: _answers(rig), lambda up: not up, 30, "Airflow's API server to stop")
+    try:
+        execution_id = invoke(rig.deployed, {"dataset": rig.dataset, "nap": 1})
+        url = f"/executions/{execution_id}"
+        waiting = wait_for(lambda: alice.get(f"{url}/logs").json()["lines"],
+                           lambda lines: any("waiting: Airflow's API server" in line["text"] for line in lines), 60,
+                           "the stage-in to wait for Airflow")
+        shown = alice.get(url).json()
+        assert shown["state"] == "running" and waiting
+        staging = step(shown, "stage_in") or {}
+        assert staging.get("state") == "waiting" and "Airflow's API server" in (staging.get("waiting_for") or ""), \
+            staging
+        assert staging.get("waiting_since")
+    finally:
+        subprocess.run([sys.executable, "-m", "hpcwaas.stack", "up"], check=True, capture_output=True, timeout=300)
+    started = time.monotonic()
+    done = wait_for(lambda: alice.get(url).json(), lambda e: e["state"] in TERMINAL, 240, "the execution")
+    assert done["state"] == "completed", done["error"]
+    people = rig.deployed.people
+    for pipeline in ("stage_in", "stage_out"):
+        assert len(dag_runs(rig.airflow, pipeline, people["alice"].id, execution_id)) == 1, pipeline
+    print(f"\ncompleted {time.monotonic() - started:.0f} s after Airflow came back")
+
+
+def _answers(rig: CrashRig) -> bool:
+    try:
+        rig.airflow.health()
+        return True
+    except Exception:
+        return False
