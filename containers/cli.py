@@ -67,6 +67,13 @@ def _follow(images: ImagesClient, build_id: str, stream: bool) -> dict[str, Any]
         return images.wait(build_id, on_log=update)
 
 
+@app.command("builder")
+def builder() -> None:
+    """Whether images can be built here; if not, why and what an operator does about it."""
+    with errors(), client() as api:
+        emit(ImagesClient(api).builder(), lambda d: fields(d, ["available", "version", "arch", "reason", "hint"]))
+
+
 @app.command("status")
 def status(build_id: str) -> None:
     """A build's state and message."""

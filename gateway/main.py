@@ -1,4 +1,4 @@
-"""The gateway application factory (``uvicorn gateway.main:app`` or ``waas serve``)."""
+"""The gateway application factory (``uvicorn gateway.main:app`` or ``waas admin serve``)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def private_files(settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. The database schema must be current (``waas db upgrade``; ``waas serve`` does it)."""
+    """Build the app. The database schema must be current (``waas admin db-upgrade``; ``waas admin serve`` does it)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
