@@ -260,16 +260,19 @@ class Engine:
             self._commit()
         self._emit(Event("run", message=f"{run.workflow} {run.status}"))
 
-    def _resumable(self, workflow: str, resume: bool) -> RunRecord | None:
+    def _resumable(self, workflow: str, resume: bool, reopen: bool = False) -> RunRecord | None:
         last = self.record.last_run(workflow)
         self._retry_failed = False
         if resume and last is not None and last.status != "done":
-            if last.status == "cancelled":
+            if last.status == "cancelled" and not reopen:
                 raise StateError(
                     f"the {workflow} run {last.id} of {self.deployment_id} was cancelled: it cannot be resumed",
-                    hint="start a new run (without resume)",
+                    hint="start a new run (without resume), or reopen it",
                 )
-            self._retry_failed = last.status == "failed"  # a failed run resumed: retry what failed
+            if last.status == "cancelled":  # reopened on request: what was cancelled is retried
+                last.cancel_requested = False
+            # A failed (or reopened) run resumed: retry what failed or was cancelled.
+            self._retry_failed = last.status in ("failed", "cancelled")
             if self._retry_failed:
                 # Forget the failed and skipped steps now (saved with the run), not only for this
                 # call: a retried step that waits is taken up by later calls, which must run the
@@ -408,7 +411,7 @@ class Engine:
             if rec is not None and rec.status == "done":
                 self._emit(Event("op_skip", node=node, op=op.key, message="already done"))
                 return
-            if rec is not None and rec.status == "cancelled":
+            if rec is not None and rec.status == "cancelled" and not self._retry_failed:
                 raise Cancelled()
             if rec is not None and rec.status == "failed" and not self._retry_failed:
                 raise RecordedFailure(rec.error or f"{node}: {op.key} failed", node=node, operation=op.key)
@@ -423,7 +426,7 @@ class Engine:
                 attempts = rec.attempts + 1 if rec is not None else 1
                 # A failed operation retried on request starts afresh: what its failed try
                 # remembered (its job, its pipeline run) is not looked for again.
-                retried = rec is not None and rec.status == "failed"
+                retried = rec is not None and rec.status in ("failed", "cancelled")
                 run.ops[key] = OpRecord(
                     status="running",
                     attempts=attempts,
@@ -759,7 +762,7 @@ class Engine:
 
     # -- workflows ------------------------------------------------------------------------------
 
-    def _guard(self, resume: bool, workflow: str) -> RunRecord | None:
+    def _guard(self, resume: bool, workflow: str, reopen: bool = False) -> RunRecord | None:
         last = self.record.last_run()
         if last is not None and last.status in ("running", "waiting") and not resume:
             what = "was interrupted" if last.status == "running" else "is waiting for operations to end"
@@ -767,7 +770,7 @@ class Engine:
                 f"the {last.workflow} run {last.id} of {self.deployment_id} {what}",
                 hint="continue it with resume (--resume), or cancel it",
             )
-        return self._resumable(workflow, resume)
+        return self._resumable(workflow, resume, reopen)
 
     def deploy(self, *, resume: bool = False, blocking: bool = True, run_id: str | None = None) -> RunRecord:
         """Run the install workflow (or continue an interrupted or waiting one with ``resume``)."""
@@ -789,11 +792,13 @@ class Engine:
         resume: bool = False,
         blocking: bool = True,
         run_id: str | None = None,
+        reopen: bool = False,
     ) -> RunRecord:
         """Run an imperative workflow (install and uninstall map to deploy and undeploy).
 
         On resume, the run's recorded inputs are used again (``inputs`` may add the secret ones,
-        which are never recorded).
+        which are never recorded). ``reopen`` lets a resume take up a cancelled run too: its
+        cancelled and failed operations are tried again (what finished is kept).
         """
         from deployer.workflows import WorkflowRunner
 
@@ -803,7 +808,7 @@ class Engine:
             return self.undeploy(resume=resume, blocking=blocking, run_id=run_id)
         runner = WorkflowRunner(self, name)
         secret = self.topology.secret_inputs() | {n for n, d in runner.workflow.inputs.items() if d.secret}
-        existing = self._guard(resume, name)
+        existing = self._guard(resume, name, reopen)
         given = {**(existing.inputs if existing else {}), **(inputs or {})}
         new_id = existing.id if existing else check_id(run_id, "run id") if run_id else self._next_run_id()
         provided = {"run_id": new_id, "deployment_id": self.deployment_id}

@@ -293,7 +293,8 @@ class Runner:
                     sink.write("cancelled")
                     return self._finish_execution(execution_id, ExecutionState.CANCELLED, None, _steps(run), None)
                 resume = engine.record.last_run(workflow_name) is not None
-                run = engine.run_workflow(workflow_name, workflow_inputs, resume=resume, blocking=False)
+                # Not being cancelled: a cancelled engine run was reopened by a resume request.
+                run = engine.run_workflow(workflow_name, workflow_inputs, resume=resume, blocking=False, reopen=True)
                 outputs = engine.outputs() if run.status == "done" else None
         except HpcwaasError as exc:
             sink.write(f"failed: {exc}", level="error")

@@ -387,17 +387,18 @@ def cancel_execution(db: Session, user: User, execution_id: str) -> Execution:
 
 
 def resume_execution(db: Session, user: User, execution_id: str) -> Execution:
-    """Take up a failed execution again from its failed step: what finished is reused (the
-    engine retries only the failed operations; a batch job or pipeline run that completed is not
-    repeated). The owner or an admin may; an execution that has not failed is a 409."""
+    """Take up a failed or cancelled execution again from the step that failed or was cancelled:
+    what finished is reused (the engine retries only those operations; a batch job or pipeline run
+    that completed is not repeated). The owner or an admin may; any other state is a 409."""
     execution = get_execution(db, user, execution_id)
-    if execution.state != ExecutionState.FAILED:
-        raise Conflict(f"execution {execution_id} is {execution.state.value}; only a failed one can be resumed",
-                       hint="a cancelled or completed execution is not resumed: invoke the workflow again")
+    if execution.state not in (ExecutionState.FAILED, ExecutionState.CANCELLED):
+        raise Conflict(f"execution {execution_id} is {execution.state.value}; only a failed or cancelled one can "
+                       "be resumed", hint="a completed execution is not run again: invoke the workflow again")
     if execution.record is None:
         raise Conflict(f"execution {execution_id} failed before any step ran; nothing to resume",
                        hint="invoke the workflow again")
     execution.state, execution.error, execution.finished_at = ExecutionState.PENDING, None, None
+    execution.cancel_requested = False
     execution.wake_at = utcnow()
     db.commit()
     return execution

@@ -59,7 +59,7 @@ def cancel(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut
 
 
 @router.post("/executions/{execution_id}/resume", response_model=ExecutionOut, status_code=202,
-             summary="Resume a failed execution from its failed step (what finished is reused)")
+             summary="Resume a failed or cancelled execution from its failed step (what finished is reused)")
 def resume(execution_id: str, db: SessionDep, user: CurrentUser) -> ExecutionOut:
     return ExecutionOut.model_validate(service.resume_execution(db, user, execution_id))
 

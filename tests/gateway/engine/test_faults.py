@@ -55,7 +55,7 @@ def test_a_failed_execution_resumes_from_its_failed_step(crash_rig: CrashRig, si
     with site_shell(site, LOGIN) as ssh:
         assert len(slurm_jobs(ssh, [execution_id], expect_each=2)[execution_id]) == 2
     again = alice.post(f"/executions/{execution_id}/resume")
-    assert again.status_code == 409 and "only a failed one" in again.text  # completed: nothing to resume
+    assert again.status_code == 409 and "only a failed or cancelled" in again.text  # completed: nothing to do
 
 
 def test_airflow_away_at_stage_in_is_waited_out(crash_rig: CrashRig) -> None:  # noqa: F811
@@ -96,3 +96,22 @@ def _answers(rig: CrashRig) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_a_cancelled_execution_resumes_from_the_cancelled_step(crash_rig: CrashRig, site: SiteInfo) -> None:  # noqa: F811
+    rig = crash_rig
+    alice = rig.deployed.api(rig.deployed.people["alice"])
+    execution_id = invoke(rig.deployed, {"dataset": rig.dataset, "nap": 30})
+    url = f"/executions/{execution_id}"
+    wait_for(lambda: alice.get(url).json(), lambda e: bool((step(e, "count") or {}).get("job_id")), 120,
+             "the count job to start", every=0.2)
+    assert alice.delete(url).status_code == 202
+    cancelled = wait_for(lambda: alice.get(url).json(), lambda e: e["state"] in TERMINAL, 120, "the cancel")
+    assert cancelled["state"] == "cancelled", cancelled
+    assert alice.post(f"{url}/resume").status_code == 202
+    done = wait_for(lambda: alice.get(url).json(), lambda e: e["state"] in TERMINAL, 240, "the resumed run")
+    assert done["state"] == "completed", (done["error"], done["steps"])
+    people = rig.deployed.people
+    assert len(dag_runs(rig.airflow, "stage_in", people["alice"].id, execution_id)) == 1  # reused
+    with site_shell(site, LOGIN) as ssh:  # the cancelled job, and the one that ran to the end
+        assert len(slurm_jobs(ssh, [execution_id], expect_each=2)[execution_id]) == 2
