@@ -326,7 +326,7 @@ def cancel(execution_id: str) -> None:
 @executions.command("resume")
 def resume(execution_id: str, follow_it: bool = typer.Option(False, "--follow", "-f",
                                                             help="Show the steps live until the end.")) -> None:
-    """Resume a failed execution from its failed step (what finished is reused)."""
+    """Resume a failed or cancelled execution from the step that failed (what finished is reused)."""
     with errors(), client() as api:
         out = api.resume_execution(execution_id)
         if follow_it and not State.json_output:
