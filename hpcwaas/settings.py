@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     engine_transient_window_minutes: float = Field(
         default=30.0, ge=0, description="How long a step waits for a service that is away (the site's SSH "
         "server, Slurm's controller, Vault, Airflow) before it fails; 0 fails at once.")
+    run_retention_days: float = Field(
+        default=14.0, ge=0, description="An ended execution's folder on the site is removed this long after it "
+        "ended (its results were staged out; a failed one can no longer be resumed); 0 keeps them.")
     engine_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for work.")
 
     # The standalone deployer (`hpcwaas-deploy`): the gateway always sandboxes developer code.

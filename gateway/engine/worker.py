@@ -24,10 +24,12 @@ from gateway.engine.runner import RETRY_AFTER_ERROR, Outcome, Runner
 from gateway.engine.store import LeaseLost, LogSink
 from gateway.persistence.models import Deployment, Execution, Mirror, utcnow
 from gateway.services import mirrors as mirror_service
+from gateway.services import retention
 from hpcwaas.settings import Settings
 from hpcwaas.vault import Vault
 
 log = logging.getLogger(__name__)
+RETENTION_SWEEP_SECONDS = 600.0  # how often a worker looks for run folders past their retention
 
 
 class EngineWorker:
@@ -49,6 +51,10 @@ class EngineWorker:
             thread = threading.Thread(target=self._loop, name=f"engine-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.threads and self.settings.run_retention_days > 0:
+            sweeper = threading.Thread(target=self._sweep_loop, name="engine-retention", daemon=True)
+            sweeper.start()
+            self._threads.append(sweeper)
         log.info("engine worker %s started with %d threads", self.owner, self.threads)
         return self
 
@@ -73,6 +79,14 @@ class EngineWorker:
             if not did:
                 self._wake.wait(self.settings.engine_poll_seconds)
                 self._wake.clear()
+
+    def _sweep_loop(self) -> None:
+        """Remove run folders past the retention, now and then (the first sweep after a pause)."""
+        while not self._stop.wait(RETENTION_SWEEP_SECONDS):
+            try:
+                retention.sweep(self.sessions, self.vault, self.settings)
+            except Exception:  # the database is down, say: the next sweep tries again
+                log.exception("run folder retention sweep failed")
 
     def step(self) -> bool:
         """Claim and advance one due record; False when nothing was due."""

@@ -282,6 +282,7 @@ class Execution(Leased, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    scratch_removed_at: Mapped[datetime | None]  # its folder on the site removed (run retention)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

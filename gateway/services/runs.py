@@ -394,6 +394,9 @@ def resume_execution(db: Session, user: User, execution_id: str) -> Execution:
     if execution.state not in (ExecutionState.FAILED, ExecutionState.CANCELLED):
         raise Conflict(f"execution {execution_id} is {execution.state.value}; only a failed or cancelled one can "
                        "be resumed", hint="a completed execution is not run again: invoke the workflow again")
+    if execution.scratch_removed_at is not None:
+        raise Conflict(f"execution {execution_id} ended too long ago: its folder on the site was removed "
+                       "(the gateway's run retention)", hint="invoke the workflow again")
     if execution.record is None:
         raise Conflict(f"execution {execution_id} failed before any step ran; nothing to resume",
                        hint="invoke the workflow again")
