@@ -97,9 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="HPC Workflows as a Service: deploy HPC workflows once, invoke them over REST.",
         lifespan=lifespan,
+        # Every operation may answer these, in the one error body (gateway.api.errors maps them).
         responses={
+            400: {"model": errors_model(), "description": "The body could not be read (not JSON, not UTF-8)"},
             401: {"model": errors_model(), "description": "No token, or an unknown, expired or revoked one"},
+            403: {"model": errors_model(), "description": "Your role may not do this"},
+            404: {"model": errors_model(), "description": "No such thing, or not yours to see"},
+            409: {"model": errors_model(), "description": "It conflicts with the current state"},
+            413: {"model": errors_model(), "description": "The request body is too large"},
             422: {"model": errors_model(), "description": "Invalid input; the message names the field"},
+            429: {"model": errors_model(), "description": "Too many failed authentications, or over a quota"},
+            502: {"model": errors_model(), "description": "A service behind the gateway failed"},
+            503: {"model": errors_model(), "description": "A service behind the gateway is away; try again"},
         },
     )
     errors.install(app)
