@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from catalogue import dcat, listing, service
@@ -154,4 +155,13 @@ def make_router(
         service.delete_target(db, who, ref)
         return Response(status_code=204)
 
+    _mark_optional_auth(router, optional_principal)
     return router
+
+
+def _mark_optional_auth(router: APIRouter, optional_principal: Callable[..., Any]) -> None:
+    """In the OpenAPI document, a route that takes an anonymous caller says its token is optional
+    (``security: [{}, ...]``): the scheme alone would claim every call needs one."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and any(dep.call is optional_principal for dep in route.dependant.dependencies):
+            route.openapi_extra = {**(route.openapi_extra or {}), "security": [{}]}  # joins the scheme
