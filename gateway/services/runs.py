@@ -398,7 +398,7 @@ def resume_execution(db: Session, user: User, execution_id: str) -> Execution:
         raise Conflict(f"execution {execution_id} ended too long ago: its folder on the site was removed "
                        "(the gateway's run retention)", hint="invoke the workflow again")
     if execution.record is None:
-        raise Conflict(f"execution {execution_id} failed before any step ran; nothing to resume",
+        raise Conflict(f"execution {execution_id} ended before any step ran; nothing to resume",
                        hint="invoke the workflow again")
     execution.state, execution.error, execution.finished_at = ExecutionState.PENDING, None, None
     execution.cancel_requested = False

@@ -79,6 +79,8 @@ MATRIX: dict[tuple[str, str], dict[str, Row]] = {
     ("GET", "/executions"): same((UNLISTED, LISTED, UNLISTED, UNLISTED, LISTED, 401)),
     ("GET", "/executions/{execution_id}"): same((404, 200, 404, 404, 200, 401)),
     ("DELETE", "/executions/{execution_id}"): same((404, 202, 404, 404, 202, 401)),
+    # Resuming: the owner and admins; this one was cancelled before any step ran, so nothing to resume.
+    ("POST", "/executions/{execution_id}/resume"): same((404, 409, 404, 404, 409, 401)),
     ("GET", "/executions/{execution_id}/outputs"): same((404, 200, 404, 404, 200, 401)),
     ("GET", "/executions/{execution_id}/provenance"): same((404, 200, 404, 404, 200, 401)),
     ("GET", "/executions/{execution_id}/logs"): same((404, 200, 404, 404, 200, 401)),
@@ -246,6 +248,15 @@ def _cancel(w: World, role: str) -> Call:
     return "DELETE", f"/executions/{fresh}", {}, cancelled_only_if_allowed
 
 
+def _resume(w: World, role: str) -> Call:
+    alice = w.cast["scientist"]
+
+    def still_cancelled(resp: httpx.Response) -> None:
+        assert alice.get(f"/executions/{w.execution_id}").json()["state"] == "cancelled"
+
+    return "POST", f"/executions/{w.execution_id}/resume", {}, still_cancelled
+
+
 def _deploy(w: World, role: str) -> Call:
     key = w.keys.get(role, w.keys["owner"])
     return ("POST", "/deployments", {"json": {"workflow": w.name, "version": 1, "site": "local", "ssh_key": key,
@@ -277,6 +288,7 @@ CALLS: dict[tuple[str, str], Callable[[World, str], Call]] = {
     ("PATCH", "/workflows/{ref}"): _patch,
     ("POST", "/workflows/{ref}/executions"): _invoke,
     ("DELETE", "/executions/{execution_id}"): _cancel,
+    ("POST", "/executions/{execution_id}/resume"): _resume,
     ("POST", "/deployments"): _deploy,
     ("DELETE", "/deployments/{deployment_id}"): _undeploy,
 }

@@ -20,6 +20,7 @@ from tests.gateway.engine.test_durability import (  # noqa: F401 - crash_rig is 
     crash_rig,
     dag_runs,
     invoke,
+    log_texts,
     site_shell,
     slurm_jobs,
     step,
@@ -70,14 +71,15 @@ def test_airflow_away_at_stage_in_is_waited_out(crash_rig: CrashRig) -> None:  #
     try:
         execution_id = invoke(rig.deployed, {"dataset": rig.dataset, "nap": 1})
         url = f"/executions/{execution_id}"
-        waiting = wait_for(lambda: alice.get(f"{url}/logs").json()["lines"],
-                           lambda lines: any("waiting: Airflow's API server" in line["text"] for line in lines), 60,
-                           "the stage-in to wait for Airflow")
-        shown = alice.get(url).json()
-        assert shown["state"] == "running" and waiting
+        # The log line is written as the step starts waiting; the execution's steps are saved when
+        # the worker lets go of the run, a moment later: wait for those.
+        shown = wait_for(lambda: alice.get(url).json(),
+                         lambda e: (step(e, "stage_in") or {}).get("state") == "waiting", 60,
+                         "the stage-in to wait for Airflow")
+        assert shown["state"] == "running"
         staging = step(shown, "stage_in") or {}
-        assert staging.get("state") == "waiting" and "Airflow's API server" in (staging.get("waiting_for") or ""), \
-            staging
+        assert "Airflow's API server" in (staging.get("waiting_for") or ""), staging
+        assert any("waiting: Airflow's API server" in line for line in log_texts(alice, execution_id))
         assert staging.get("waiting_since")
     finally:
         subprocess.run([sys.executable, "-m", "hpcwaas.stack", "up"], check=True, capture_output=True, timeout=300)
