@@ -24,7 +24,7 @@ from data_logistics.errors import AirflowError, AirflowUnavailable, PipelineNotF
 from hpcwaas.settings import Settings
 
 TERMINAL = {"success", "failed"}
-RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts at a repeatable call
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts at a repeatable call (the default 7.5 s)
 UNAVAILABLE_HINT = "an operator should check that Airflow's API server runs and HPCWAAS_AIRFLOW_URL points at it"
 TASK_ID = "transfer"
 
@@ -48,6 +48,16 @@ class RunStatus:
         return self.state in TERMINAL
 
 
+def retry_pauses(budget: float) -> tuple[float, ...]:
+    """Pauses doubling from 0.5 s whose sum stays within ``budget`` seconds (none for 0)."""
+    pauses: list[float] = []
+    pause = 0.5
+    while sum(pauses) + pause <= budget:
+        pauses.append(pause)
+        pause *= 2
+    return tuple(pauses)
+
+
 def new_run_id() -> str:
     return f"hpcwaas__{uuid.uuid4().hex}"
 
@@ -55,8 +65,10 @@ def new_run_id() -> str:
 class AirflowClient:
     """A small typed client for the parts of REST API v2 the pipelines use."""
 
-    def __init__(self, url: str, username: str, password: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, username: str, password: str, timeout: float = 30.0,
+                 retry_pauses: tuple[float, ...] = RETRY_PAUSES) -> None:
         self.url = url.rstrip("/")
+        self._pauses = retry_pauses
         self._username = username
         self._password = password
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
@@ -74,7 +86,8 @@ class AirflowClient:
                 f"cannot read the Airflow password file {path}",
                 hint="an operator should set HPCWAAS_AIRFLOW_PASSWORD_FILE to a file the gateway can read",
             ) from exc
-        return cls(settings.airflow_url, settings.airflow_username, password)
+        return cls(settings.airflow_url, settings.airflow_username, password,
+                   retry_pauses=retry_pauses(settings.airflow_retry_seconds))
 
     def close(self) -> None:
         self._http.close()
@@ -101,7 +114,7 @@ class AirflowClient:
         is retried with backoff when repeating the call is safe: always for reads, updates and
         deletes, and for a POST only when it never reached Airflow."""
         relogged = False
-        for pause in (*RETRY_PAUSES, None):
+        for pause in (*self._pauses, None):
             try:
                 if self._token is None:
                     self._token = self._login()

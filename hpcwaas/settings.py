@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     airflow_password_file: Path | None = Field(
         default=None, description="File holding the Airflow user's password (the stack writes one)."
     )
+    airflow_retry_seconds: float = Field(
+        default=7.5, ge=0, le=120,
+        description="How long one call to Airflow keeps retrying a moment's fault (pauses double from 0.5 s).",
+    )
     pipelines_storage_root: Path = Field(
         default=DEFAULT_STACK_DIR / "airflow" / "storage",
         description="Local storage target of the pipelines (file: URLs); paths stay inside it.",

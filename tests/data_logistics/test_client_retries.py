@@ -11,9 +11,10 @@ from data_logistics.client import AirflowClient
 from data_logistics.errors import AirflowError, AirflowUnavailable
 
 
-@pytest.fixture(autouse=True)
-def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "RETRY_PAUSES", (0.0, 0.0, 0.0))
+def test_the_retry_budget_gives_doubling_pauses_within_it() -> None:
+    assert client_module.retry_pauses(7.5) == client_module.RETRY_PAUSES
+    assert client_module.retry_pauses(0) == ()
+    assert client_module.retry_pauses(2) == (0.5, 1.0)
 
 
 def _client(answers: list[int | type[Exception]]) -> tuple[AirflowClient, list[str]]:
@@ -28,7 +29,7 @@ def _client(answers: list[int | type[Exception]]) -> tuple[AirflowClient, list[s
             return httpx.Response(answer, json={"state": "failed"} if answer == 200 else {"detail": "Database error"})
         raise answer("refused", request=request)
 
-    airflow = AirflowClient("http://airflow.invalid", "admin", "pw")
+    airflow = AirflowClient("http://airflow.invalid", "admin", "pw", retry_pauses=(0.0, 0.0, 0.0))
     airflow._http = httpx.Client(base_url="http://airflow.invalid", transport=httpx.MockTransport(handle))
     return airflow, seen
 

@@ -22,8 +22,8 @@ SQLite only, on a database of its own (generated requests create users, sites, k
 with the stack's real OpenBao. Dependencies that would do real work on generated input are
 pointed at nothing on purpose, so that they answer quickly instead of acting:
 
-- Airflow: ``airflow_url`` is a closed loopback port, so pipeline runs answer 503 at once instead
-  of starting real DAG runs with generated configurations.
+- Airflow: ``airflow_url`` is a closed loopback port and retries are off, so pipeline calls answer
+  503 at once instead of starting real DAG runs with generated configurations.
 - Image builds: ``builder_dir`` does not exist, so the builder is unavailable and a build request
   is refused instead of running Apptainer on generated definitions.
 - SSH: no site of the stack is registered; generated sites have generated hosts, reached with a
@@ -92,6 +92,7 @@ def gateway_schema(vault_info: VaultInfo, tmp_path_factory: pytest.TempPathFacto
         ssh_command_timeout=10,
         engine_in_gateway=False,
         airflow_url="http://127.0.0.1:9",
+        airflow_retry_seconds=0,  # refused at once: the retries' backoff is tested on its own
         builder_dir=base / "no-builder",
         pipelines_storage_root=base / "storage",
         auth_failures_limit=1_000_000,  # the fuzzer's bad tokens are not an attack
