@@ -27,6 +27,7 @@ from catalogue.schemas import (
     DatasetUpdate,
     ImportReport,
     Resolved,
+    SearchFilters,
     StorageTargetCreate,
     StorageTargetOut,
     StorageTargetUpdate,
@@ -70,9 +71,7 @@ def make_router(
         return listing.list_datasets(db, who, filters)
 
     @router.get("/search", response_model=DatasetPage, summary="Full-text search with highlighted matches")
-    def search(filters: Annotated[DatasetFilters, Query()], db: Db, who: Anyone) -> DatasetPage:
-        if not filters.q:
-            raise err.InvalidQuery("a search needs some words in ?q=", field="q", hint="or list with /datasets")
+    def search(filters: Annotated[SearchFilters, Query()], db: Db, who: Anyone) -> DatasetPage:
         return listing.list_datasets(db, who, filters)
 
     @router.post("/datasets", response_model=DatasetOut, status_code=201, summary="Register a dataset (you own it)")
@@ -128,7 +127,8 @@ def make_router(
     def import_lines(
         db: Db,
         who: Who,
-        body: Annotated[bytes, Body(media_type=NDJSON, description="One dataset (JSON) per line, as exported")],
+        body: Annotated[bytes, Body(media_type=NDJSON, min_length=1,
+                                    description="One dataset (JSON) per line, as exported")],
     ) -> ImportReport:
         return service.import_records(db, who, body.splitlines())
 

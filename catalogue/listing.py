@@ -203,7 +203,7 @@ def list_datasets(db: Session, who: Principal | None, f: DatasetFilters) -> Data
     terms = search.terms_of(f.q) if f.q is not None else None
     sort = f.sort or ("relevance" if terms else "modified")
     if sort == "relevance" and not terms:
-        raise InvalidQuery("sorting by relevance needs a search text", field="sort", hint="add ?q=words")
+        sort = "modified"  # without words every dataset is as relevant: newest first (documented)
     order = f.order or ("asc" if sort in ("title", "relevance") else "desc")
     dialect = db.get_bind().dialect.name
     cursor = _decode_cursor(f.cursor, sort, order) if f.cursor else None

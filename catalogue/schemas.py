@@ -24,6 +24,21 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+
+from hpcwaas.text import (
+    ABSOLUTE_PATH,
+    CHECKSUM,
+    HOST,
+    LOCATION_URL,
+    MAX_INT,
+    MULTI_LINE,
+    NON_BLANK_LINE,
+    NOT_WS,
+    ONE_LINE,
+    RELATIVE_PATH,
+    published,
+)
 
 Access = Literal["public", "restricted"]
 Protocol = Literal["sftp", "https", "file"]
@@ -69,16 +84,16 @@ def _clean_path(path: str, *, absolute: bool) -> str:
 
 
 def _non_blank(value: str) -> str:
-    if not value:
+    if not value.strip():
         raise ValueError("must not be blank")
     return value
 
 
 def _host(value: str) -> str:
-    value = value.strip().lower()
+    value = value.strip()
     if not _HOST.match(value) or len(value) > 253:
         raise ValueError("must be a host or site name (letters, digits, '-' and '.')")
-    return value
+    return value.lower()
 
 
 def _location_url(value: str) -> str:
@@ -115,10 +130,7 @@ def _location_url(value: str) -> str:
 
 
 def _keyword(value: str) -> str:
-    value = " ".join(_single_line(value).lower().split())
-    if not 1 <= len(value) <= 64:
-        raise ValueError("keywords have 1 to 64 characters")
-    return value
+    return " ".join(_non_blank(_single_line(value)).lower().split())
 
 
 def _keywords(values: list[str]) -> list[str]:
@@ -134,16 +146,22 @@ def _metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     return value
 
 
-Line = Annotated[str, AfterValidator(_single_line)]
-Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(_single_line), AfterValidator(_non_blank)]
-Description = Annotated[str, StringConstraints(max_length=20000), AfterValidator(_multi_line)]
+# One line, trimmed (lengths count what was sent); blank or not.
+Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(_single_line), AfterValidator(_non_blank),
+                  published(NON_BLANK_LINE)]
+Name200 = Annotated[str, StringConstraints(max_length=200), AfterValidator(_single_line), AfterValidator(_non_blank),
+                    published(NON_BLANK_LINE)]
+Line64 = Annotated[str, StringConstraints(max_length=64), AfterValidator(_single_line), AfterValidator(_non_blank),
+                   published(NON_BLANK_LINE)]
+Optional200 = Annotated[str, StringConstraints(max_length=200), AfterValidator(_single_line), published(ONE_LINE)]
+Description = Annotated[str, StringConstraints(max_length=20000), AfterValidator(_multi_line), published(MULTI_LINE)]
 DatasetId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$"),
                       Field(description="A stable dataset identifier: 32 lower-case hex characters.")]
 Username = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{1,63}$"),
                      Field(description="A user name of the gateway.")]
 TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$"),
                        Field(description="1-63 characters: lower-case letters, digits and '-'.")]
-Host = Annotated[str, StringConstraints(max_length=253), AfterValidator(_host)]
+Host = Annotated[str, StringConstraints(max_length=253), AfterValidator(_host), published(HOST)]
 Format = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+/_-]{0,99}$", to_lower=True),
                    Field(description="A format name or media type, e.g. netcdf or text/csv.")]
 def _checksum(value: str) -> str:
@@ -153,25 +171,28 @@ def _checksum(value: str) -> str:
     return value
 
 
-Checksum = Annotated[str, StringConstraints(max_length=71), AfterValidator(_checksum),
+Checksum = Annotated[str, StringConstraints(max_length=71), AfterValidator(_checksum), published(CHECKSUM),
                      Field(description="SHA-256 of the content, 64 hex characters.")]
-License = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line),
-                    Field(description="An SPDX identifier (CC-BY-4.0) or a licence URL.")]
-Keyword = Annotated[str, StringConstraints(max_length=200), AfterValidator(_keyword)]
-Version = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_single_line)]
-Doi = Annotated[str, StringConstraints(pattern=r"^10\.\d{4,9}/[^\s]{1,240}$"),
+License = Annotated[Name200, Field(description="An SPDX identifier (CC-BY-4.0) or a licence URL.")]
+Keyword = Annotated[Line64, AfterValidator(_keyword),
+                    Field(description="Compared without case; runs of spaces count as one.")]
+Version = Line64
+Doi = Annotated[str, StringConstraints(pattern=rf"^10\.[0-9]{{4,9}}/{NOT_WS}{{1,240}}$"),
                 Field(description="A DOI without resolver, e.g. 10.5281/zenodo.123")]
-Handle = Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)*/[^\s]{1,240}$"),
+Handle = Annotated[str, StringConstraints(pattern=rf"^[0-9]+(\.[0-9]+)*/{NOT_WS}{{1,240}}$"),
                    Field(description="A Handle, e.g. 21.T11148/abc")]
-LocationUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_location_url),
+LocationUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_location_url), published(LOCATION_URL),
                         Field(description="sftp://site/path, https://host/path or file:///path")]
 RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024),
-                         AfterValidator(lambda v: _clean_path(v, absolute=False)),
+                         AfterValidator(lambda v: _clean_path(v, absolute=False)), published(RELATIVE_PATH),
                          Field(description="A path under the storage target's base path, e.g. runs/2024/x.nc")]
 AbsolutePath = Annotated[str, StringConstraints(min_length=1, max_length=1024),
-                         AfterValidator(lambda v: _clean_path(v, absolute=True))]
-MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
-Metadata = Annotated[dict[MetadataKey, JsonValue], Field(max_length=100), AfterValidator(_metadata)]
+                         AfterValidator(lambda v: _clean_path(v, absolute=True)), published(ABSOLUTE_PATH)]
+_METADATA_KEY = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
+MetadataKey = Annotated[str, StringConstraints(pattern=_METADATA_KEY)]
+# pydantic publishes a key rule as patternProperties, which lets other keys through: say so plainly.
+Metadata = Annotated[dict[MetadataKey, JsonValue], Field(max_length=100, json_schema_extra={
+    "propertyNames": {"pattern": _METADATA_KEY}, "additionalProperties": False}), AfterValidator(_metadata)]
 Keywords = Annotated[list[Keyword], Field(max_length=30), AfterValidator(_keywords)]
 
 
@@ -182,15 +203,30 @@ class Strict(BaseModel):
 class Creator(Strict):
     """A person or organisation that made the dataset."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_single_line)]
-    orcid: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")] | None = Field(
+    name: Name200
+    orcid: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{4}-[0-9]{4}-[0-9]{3}[0-9X]$")] | None = Field(
         default=None, description="ORCID iD, e.g. 0000-0002-1825-0097"
     )
-    affiliation: Annotated[str, StringConstraints(max_length=200), AfterValidator(_single_line)] | None = None
+    affiliation: Optional200 | None = None
+
+
+def _given(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+# check_location's rules in JSON Schema (null counts as not given): a URL, or a storage target
+# with a path, never both.
+_LOCATION_RULES: dict[str, Any] = {"allOf": [
+    {"not": {"allOf": [_given("location"), {"anyOf": [_given("storage_target"), _given("path")]}]}},
+    {"anyOf": [{"allOf": [_given("storage_target"), _given("path")]},
+               {"allOf": [{"not": _given("storage_target")}, {"not": _given("path")}]}]},
+]}
 
 
 class DatasetFields(Strict):
     """Fields shared by creation and import."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_LOCATION_RULES)
 
     title: Title
     description: Description = ""
@@ -201,7 +237,7 @@ class DatasetFields(Strict):
     )
     path: RelativePath | None = None
     format: Format | None = None
-    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    size_bytes: Annotated[int, Field(ge=0, le=MAX_INT)] | None = None
     checksum_sha256: Checksum | None = None
     license: License | None = None
     creators: Annotated[list[Creator], Field(max_length=50)] = []
@@ -244,24 +280,26 @@ class DatasetUpdate(Strict):
     The location is one unit: giving any of location, storage_target or path replaces all three.
     ``expected_revision`` makes the change conditional (409 when someone changed it meanwhile)."""
 
-    title: Title | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_LOCATION_RULES)
+
+    title: Title | SkipJsonSchema[None] = None  # null is refused: a title cannot be cleared
     description: Description | None = None
     location: LocationUrl | None = None
     storage_target: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     path: RelativePath | None = None
     format: Format | None = None
-    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    size_bytes: Annotated[int, Field(ge=0, le=MAX_INT)] | None = None
     checksum_sha256: Checksum | None = None
     license: License | None = None
     creators: Annotated[list[Creator], Field(max_length=50)] | None = None
     keywords: Keywords | None = None
     version: Version | None = None
-    access: Access | None = None
+    access: Access | SkipJsonSchema[None] = None
     readers: Annotated[list[Username], Field(max_length=200)] | None = None
     doi: Doi | None = None
     handle: Handle | None = None
     metadata: Metadata | None = None
-    expected_revision: int | None = Field(default=None, ge=1)
+    expected_revision: int | None = Field(default=None, ge=1, le=MAX_INT)
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> DatasetUpdate:
@@ -335,10 +373,19 @@ class DatasetFilters(Strict):
     access: Access | None = None
     site: Host | None = None
     protocol: Protocol | None = None
-    sort: SortKey | None = Field(default=None, description="relevance when searching, else modified.")
+    sort: SortKey | None = Field(default=None, description="relevance when searching, else modified (relevance "
+                                 "without search words is modified order).")
     order: SortOrder | None = Field(default=None, description="desc by default (asc for title).")
     limit: int = Field(default=50, ge=1, le=200)
     cursor: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class SearchFilters(DatasetFilters):
+    """Query parameters of the search: the words are required."""
+
+    q: Annotated[str, StringConstraints(max_length=500)] = Field(
+        description="Words to find in title, description and keywords (all must match; prefixes match too). "
+                    "Punctuation and operators are ignored.")
 
 
 class VersionOut(BaseModel):

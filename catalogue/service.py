@@ -199,8 +199,8 @@ def record_of(dataset: Dataset) -> dict[str, Any]:
 def _target(db: Session, ref: str) -> StorageTarget:
     target = db.scalars(select(StorageTarget).where(or_(StorageTarget.id == ref, StorageTarget.name == ref))).first()
     if target is None:
-        raise InvalidEntry(f"storage target {ref!r} does not exist", hint="list them: GET /catalogue/storage-targets",
-                           field="storage_target")
+        raise StorageTargetNotFound(f"storage target {ref!r} does not exist", storage_target=ref,
+                                    hint="list them: GET /catalogue/storage-targets")
     return target
 
 

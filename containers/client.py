@@ -41,8 +41,8 @@ class ImagesClient:
               force: bool = False) -> dict[str, Any]:
         """Request a build from a spec (mapping) or a Dockerfile and the step files it copies."""
         body = {
-            "spec": spec,
-            "dockerfile": dockerfile,
+            **({"spec": spec} if spec is not None else {}),
+            **({"dockerfile": dockerfile} if dockerfile is not None else {}),
             "files": {path: base64.b64encode(data).decode() for path, data in (files or {}).items()},
             "executable": sorted(executable or []),
             "force": force,

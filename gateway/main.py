@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from gateway.api import errors
 from gateway.api.middleware import RequestContext
+from gateway.api.query import refuse_unknown_query
 from gateway.api.routes import (
     catalogue,
     deployments,
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="HPC Workflows as a Service: deploy HPC workflows once, invoke them over REST.",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
         # Every operation may answer these, in the one error body (gateway.api.errors maps them).
         responses={
             400: {"model": errors_model(), "description": "The body could not be read (not JSON, not UTF-8)"},

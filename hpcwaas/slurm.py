@@ -265,9 +265,13 @@ def _controller_away(result: CommandResult) -> bool:
     return result.exit_code != 0 and bool(_CONTROLLER_AWAY.search(result.stderr or ""))
 
 
+#: A Slurm job id: ``123``, or ``123_4`` for a task of an array job.
+JOB_ID = r"^[0-9]+(_[0-9]+)?$"
+
+
 def check_job_id(job_id: str) -> str:
     """``job_id`` when it is a Slurm job id (``123`` or ``123_4``); else a SchedulerError."""
-    if not re.fullmatch(r"\d+(_\d+)?", job_id):
+    if not re.fullmatch(JOB_ID, job_id):
         raise SchedulerError(f"not a Slurm job id: {job_id!r}")
     return job_id
 

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    TypeAdapter,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+from typing_extensions import TypeAliasType
 
 from hpcwaas.settings import get_settings
+from hpcwaas.text import INPUT_TEXT, MAX_INT  # noqa: F401 - MAX_INT is the routes' bound
 
 Username = Annotated[
     str,
@@ -26,9 +41,17 @@ Login = Annotated[
     Field(description="A POSIX user name on the site."),
 ]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.@:-]{0,99}$")]
-#: The largest integer a parameter may carry: the databases' 64-bit integers (beyond it SQLite
-#: overflowed into a 500).
-MAX_INT = 2**63 - 1
+def _iso_time(value: Any) -> Any:
+    """Only ISO 8601 text (pydantic would also read a number as seconds since 1970)."""
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError("give a date and time with its zone, e.g. 2026-12-06T10:00:00Z") from None
+    return value
+
+
+#: A moment in a query: ISO 8601 with a time zone (what the OpenAPI ``date-time`` format says).
+Moment = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
 
 
 def _strings(value: Any, path: str) -> list[tuple[str, str]]:
@@ -58,8 +81,32 @@ def _checked_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
+_InputText = Annotated[str, StringConstraints(pattern=INPUT_TEXT)]
+#: A workflow input value as the OpenAPI document describes it: JSON whose strings (keys too, at
+#: any depth) hold no control character but tabs and line ends.
+# (Only its JSON Schema is used; mypy cannot follow the recursion through a runtime alias.)
+InputValue = TypeAliasType(  # type: ignore[misc]
+    "InputValue",
+    Union[_InputText, int, float, bool, list["InputValue"], dict[str, "InputValue"], None],  # type: ignore[misc]  # noqa: UP007
+)
+
+
+class _InputsSchema:
+    """Publishes the inputs' rule (what ``_checked_inputs`` checks, but the total size)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        top = handler(TypeAdapter(dict[str, InputValue]).core_schema)
+        top["propertyNames"] = {"pattern": INPUT_TEXT}
+        value = handler.resolve_ref_schema(top["additionalProperties"])
+        for variant in value["anyOf"]:
+            if variant.get("type") == "object":
+                variant["propertyNames"] = {"pattern": INPUT_TEXT}
+        return top
+
+
 #: Workflow inputs of a request, checked when they arrive (control characters, size).
-Inputs = Annotated[dict[str, Any], AfterValidator(_checked_inputs)]
+Inputs = Annotated[dict[str, Any], AfterValidator(_checked_inputs), _InputsSchema]
 
 
 class RequestModel(BaseModel):

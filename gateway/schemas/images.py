@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from gateway.schemas.common import ORMModel, RequestModel
 
@@ -13,11 +14,23 @@ from gateway.schemas.common import ORMModel, RequestModel
 class BuildRequest(RequestModel):
     """A spec (the content of ``image.yaml`` as an object) or a Dockerfile, and the step files."""
 
-    spec: dict[str, Any] | None = Field(default=None, description="The image spec (see docs/containers.md).")
-    dockerfile: str | None = Field(default=None, max_length=256 * 1024, description="A Dockerfile instead.")
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["spec"]}, {"required": ["dockerfile"]}]})
+
+    # Exactly one of the two is given (a null is not a way to leave one out: the schema says so).
+    spec: dict[str, Any] | SkipJsonSchema[None] = Field(default=None,
+                                                         description="The image spec (see docs/containers.md).")
+    dockerfile: str | SkipJsonSchema[None] = Field(default=None, max_length=256 * 1024,
+                                                   description="A Dockerfile instead.")
     files: dict[str, str] = Field(default_factory=dict, description="Step files: relative path -> base64 content.")
     executable: list[str] = Field(default_factory=list, description="Which of `files` are executable.")
     force: bool = Field(default=False, description="Rebuild even if the image is in the store.")
+
+    @field_validator("spec", "dockerfile", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("leave it out rather than send null")
+        return value
 
 
 class BuildOut(ORMModel):

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StringConstraints
 
 from gateway.schemas.common import Login, ORMModel, RequestModel
+from hpcwaas.text import MIRROR_PATH, published
 
 
 def _relative(value: str) -> str:
@@ -19,7 +20,7 @@ def _relative(value: str) -> str:
     return "/".join(parts)
 
 
-RelativePath = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_relative)]
+RelativePath = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_relative), published(MIRROR_PATH)]
 MirrorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 
 

@@ -8,12 +8,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from gateway.persistence.models import DeploymentState, ExecutionState
-from gateway.schemas.common import Inputs, Login, ORMModel, RequestModel, SiteName
+from gateway.schemas.common import MAX_INT, Inputs, Login, ORMModel, RequestModel, SiteName
 
 
 class DeploymentCreate(RequestModel):
     workflow: str = Field(description="Workflow id or name.")
-    version: int | None = Field(default=None, ge=1, description="Version number; the latest when omitted.")
+    version: int | None = Field(default=None, ge=1, le=MAX_INT, description="Version number; the latest when omitted.")
     site: SiteName
     ssh_key: str = Field(description="Id of your SSH key used to install on the site.")
     login: Login | None = Field(default=None, description="The key's own site login; another account is refused.")

@@ -23,14 +23,14 @@ PlainText = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class GitSource(RequestModel):
-    kind: Literal["git"] = "git"
+    kind: Literal["git"]
     url: PlainText = Field(min_length=1, max_length=1024, description="A local repository path or file:// URL.")
     ref: PlainText = Field(default="HEAD", min_length=1, max_length=200, description="Branch, tag or commit.")
     subpath: PlainText = Field(default="", max_length=500, description="Folder of the workflow inside the repository.")
 
 
 class FolderSource(RequestModel):
-    kind: Literal["folder"] = "folder"
+    kind: Literal["folder"]
     path: PlainText = Field(min_length=1, max_length=1024, description="A folder under a registry root.")
 
 

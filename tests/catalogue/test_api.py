@@ -176,7 +176,7 @@ def test_storage_target_location_resolves_under_its_base(people: dict[str, Perso
     escape = alice.post("/catalogue/datasets", json={"title": "x", "storage_target": name, "path": "../../etc/passwd"})
     assert escape.status_code == 422 and error_of(escape)["details"][0]["field"] == "body.path"
     unknown = alice.post("/catalogue/datasets", json={"title": "x", "storage_target": "nowhere", "path": "a"})
-    assert unknown.status_code == 422 and error_of(unknown)["details"]["field"] == "storage_target"
+    assert unknown.status_code == 404 and error_of(unknown)["details"]["storage_target"] == "nowhere"
 
 
 def test_unresolvable_dataset_is_a_clear_error(people: dict[str, Person], unique: str) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from gateway.api.deps import BearerToken, CurrentUser, SessionDep, Writer, as_user, bearer_token, in_session
 from gateway.persistence.models import ExecutionState, User
-from gateway.schemas.common import MAX_INT
+from gateway.schemas.common import MAX_INT, Moment
 from gateway.schemas.runs import ExecutionCreate, ExecutionOut, LogPage
 from gateway.services import deployments_view as view
 from gateway.services import provenance as provenance_service
@@ -35,7 +33,7 @@ async def invoke(ref: str, data: ExecutionCreate, request: Request, response: Re
 
 @router.get("/executions", response_model=list[ExecutionOut], summary="Your executions, newest first")
 def list_executions(db: SessionDep, user: CurrentUser, state: ExecutionState | None = None,
-                    workflow: str | None = None, since: datetime | None = None,
+                    workflow: str | None = None, since: Moment | None = None,
                     limit: int = Query(100, ge=1, le=1000),
                     all_users: bool = Query(False, alias="all")) -> list[ExecutionOut]:
     found = service.list_executions(db, user, state=state, workflow=workflow, since=since, limit=limit,

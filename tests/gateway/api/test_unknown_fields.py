@@ -48,3 +48,25 @@ def test_a_tokens_lifetime_is_a_duration_or_an_expiry_time(people: dict[str, Per
                        ({"expires_in": "P20000D"}, "from a minute to ten years")]:
         refused = alice.post("/tokens", json={"name": "bad", **body})
         assert refused.status_code == 422 and said in error_of(refused)["message"], refused.text
+
+
+@pytest.mark.parametrize(("url", "unknown"), [
+    ("/executions?limt=5", "limt"),
+    ("/executions?=", "(empty name)"),
+    ("/deployments?state=deployed", "state"),
+    ("/catalogue/datasets?keywords=x", "keywords"),  # the listing's own model refuses it
+])
+def test_an_unknown_query_parameter_is_refused(people: dict[str, Person], url: str, unknown: str) -> None:
+    """``?limt=5`` was ignored: the listing answered with the default 100, a typo silently obeyed."""
+    resp = people["alice"].get(url)
+    assert resp.status_code == 422, (url, resp.status_code, resp.text[:300])
+    assert unknown in error_of(resp)["message"], error_of(resp)
+
+
+def test_since_is_a_moment_with_its_zone_not_a_number(people: dict[str, Person]) -> None:
+    alice = people["alice"]
+    assert alice.get("/executions", params={"since": "2026-01-01T00:00:00Z"}).status_code == 200
+    for since in ("1700000000", "-5.9e-08", "2026-01-01T00:00:00"):
+        refused = alice.get("/executions", params={"since": since})
+        message = error_of(refused)["message"]
+        assert refused.status_code == 422 and ("with its zone" in message or "timezone" in message), refused.text
